@@ -1,0 +1,41 @@
+"""Sim + scripted teleop + recorder: episodes recorded automatically from the sim's events.
+
+    ros2 launch robot_stack sim_record.launch.py out:=demo.zarr
+    ros2 launch launch/sim_record.launch.py out:=demo.zarr task:=walker-walk   # from a checkout
+
+Stop with Ctrl-C: the recorder commits the open episode (config/recorder.yaml on_shutdown).
+"""
+import sys
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PythonExpression
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from robot_stack_nodes import CONFIG_DIR  # noqa: E402
+
+
+def generate_launch_description() -> LaunchDescription:
+    task = LaunchConfiguration("task")
+    # robot spec of the task: config/robot_<domain>_sim.yaml, domain = task name before "-"
+    spec = PythonExpression(["'", str(CONFIG_DIR), "/robot_' + '", task,
+                             "'.split('-')[0] + '_sim.yaml'"])
+    return LaunchDescription([
+        DeclareLaunchArgument("out", description="episode store path (created or appended to)"),
+        DeclareLaunchArgument("task", default_value="cheetah-run",
+                              description="cheetah-run | walker-walk | hopper-hop"),
+        DeclareLaunchArgument("realtime_factor", default_value="1.0",
+                              description="sim seconds per wall second"),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(HERE / "sim.launch.py")),
+            launch_arguments={"task": task,
+                              "realtime_factor": LaunchConfiguration("realtime_factor")}.items()),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(HERE / "record.launch.py")),
+            launch_arguments={"spec": spec, "out": LaunchConfiguration("out"),
+                              "teleop": "scripted", "task": task, "auto_episodes": "true",
+                              "source": "scripted", "reset_service": "/sim/reset"}.items()),
+    ])

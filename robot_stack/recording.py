@@ -1,0 +1,489 @@
+"""Recorder logic without rclpy: latest-value sampling, staleness, episode control, counters.
+
+The recorder node (ros_nodes/recorder_node.py) feeds every message to `Recorder.on_message`,
+calls `on_tick` from its timer and forwards service calls and episode events. Everything that
+decides what lands in the dataset is here and testable with numpy arrays.
+
+Sampling. Every stream keeps its latest valid message (latest-value hold). A sample takes one
+value per stream either on a timer at `rate_hz` (default) or, with `sample_on: <topic>`, each
+time a message arrives on that topic. The timer suits sources that publish at their own pace;
+it pairs state s_t with action a_t only if it fires after a_t arrives and before s_{t+1} does,
+so with a controller that answers each state it mixes (s_t, a_t) and (s_{t+1}, a_t) pairs.
+Sampling on the action topic records exactly the state each command answered (the newest
+state when the command arrives), at the controller's rate.
+
+Alignment of reward. The sim publishes the reward of (s_t, a_t) together with s_{t+1}, i.e.
+after sample t was taken, so a sample waits for its reward. With sample_on, rewards are matched
+to samples in order, one reward message per sample: the executor may run the callback of
+a_{t+1} before that of r_t when both are queued, so "latest reward at the next sample" would
+shift rewards by one step. At the episode's end the recorder waits up to reward_wait_s for the
+last rewards (state "closing"); a sample whose reward never comes (the command that answered
+the final state) is dropped. On a timer, a sample's reward is the latest reward at the next
+sample. The last step is held back until the episode ends, to set its terminal flag.
+
+Each step also records `stamp/<stream>`: the source stamp (header stamp, or receive time for
+headerless messages) of the value used, 0 if the stream never delivered, so synchronisation
+can be audited offline.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robot_stack.data import EpisodeStore, KeySpec, standard_keys
+from robot_stack.errors import ConfigError
+from robot_stack.spec import MalformedMessage, RobotSpec
+
+IDLE, RECORDING, CLOSING = "idle", "recording", "closing"
+EVENT_RESET, EVENT_TERMINAL, EVENT_TRUNCATED = "reset", "terminal", "truncated"
+
+
+def step_keys(spec: RobotSpec) -> dict[str, KeySpec]:
+    """Dataset keys the recorder writes: the standard keys (reward only if the spec has a reward
+    topic), camera/<name>, stamp/<stream>."""
+    keys = standard_keys(spec.obs_dim, spec.act_dim, obs_dtype=spec.observation_dtype,
+                         reward=spec.reward_topic is not None)
+    for image in spec.images:
+        keys[image.key] = KeySpec(image.shape, "uint8")
+    for s in spec.streams.values():
+        if s.role != "events":
+            keys[f"stamp/{s.name}"] = KeySpec((), "float64")
+    return keys
+
+
+def open_store(path, spec: RobotSpec) -> EpisodeStore:
+    """Create the store for `spec`, or reopen one whose keys match (dropping a crashed tail)."""
+    keys = step_keys(spec)
+    if not Path(path).exists():
+        return EpisodeStore.create(path, keys, task=spec.task, robot=spec.robot_description())
+    store = EpisodeStore.open(path, mode="a")
+    have = {k: (v.shape, v.dtype) for k, v in store.keys.items()}
+    want = {k: (v.shape, v.dtype) for k, v in keys.items()}
+    if have != want or store.task != spec.task:
+        store.close()
+        raise ConfigError(f"{path} holds task {store.task!r} with keys {have}; the spec records "
+                          f"task {spec.task!r} with keys {want}: use another --out")
+    store.trim_uncommitted()
+    return store
+
+
+@dataclass
+class _Latest:
+    values: dict | None = None  # parsed values of the latest valid message
+    stamp: float = 0.0  # source stamp of that message; 0 until one arrives
+    received: float = -math.inf  # receive time (recorder clock)
+    count: int = 0
+    malformed: int = 0
+    last_problem: str = ""
+    stale_skips: int = 0  # samples skipped while this stream was stale
+
+
+@dataclass
+class Counters:
+    samples: int = 0  # steps handed to the writer, all episodes
+    dropped_ticks: int = 0  # timer mode: periods that passed without a tick (executor too busy)
+    late_ticks: int = 0  # timer mode: ticks more than half a period late
+    stale_skipped: int = 0  # samples not taken while recording because a required stream was stale
+    pre_reset_skipped: int = 0  # samples not taken because the state predates the sim's reset
+    unrewarded_dropped: int = 0  # samples at an episode's end whose reward never came
+    state_gaps: int = 0  # sample_on: samples whose state is not the one after the last sample's
+    queue_dropped: int = 0  # steps lost because the writer fell behind
+    clipped_actions: int = 0  # actions outside [low, high], recorded clipped
+    episodes_committed: int = 0
+    episodes_discarded: int = 0
+    # sample taken -> step in the store writer's buffer (on disk within flush_period_s more);
+    # the source stamp -> sample part is in the dataset: timestamp - stamp/<stream>
+    latency_sum_s: float = 0.0
+    latency_max_s: float = 0.0
+    latency_count: int = 0
+
+
+class StoreWriterThread:
+    """Runs the episode store's streaming writer on its own thread.
+
+    Store writes (chunk compression, file I/O) take milliseconds; doing them on the ROS
+    executor thread would delay message callbacks and timer ticks. Control operations are
+    queued in order with the steps, so a commit always follows the steps before it.
+    """
+
+    def __init__(self, store, max_queued_steps: int = 2000, flush_period_s: float = 1.0):
+        self._store = store
+        self._flush_period_s = flush_period_s
+        self._queue: queue.Queue = queue.Queue()
+        self._queued_steps = 0
+        self._max_queued_steps = max_queued_steps
+        self._lock = threading.Lock()
+        self.counters: Counters | None = None  # set by Recorder; updated from this thread
+        self.error: str = ""
+        self._thread = threading.Thread(target=self._run, name="episode-writer", daemon=True)
+        self._thread.start()
+
+    def begin(self, source: str, start_time: float) -> None:
+        self._queue.put(("begin", (source, start_time)))
+
+    def add(self, step: dict) -> bool:
+        with self._lock:
+            if self._queued_steps >= self._max_queued_steps:
+                return False
+            self._queued_steps += 1
+        self._queue.put(("step", (step, time.monotonic())))
+        return True
+
+    def commit(self, success: bool | None) -> None:
+        self._queue.put(("commit", success))
+
+    def discard(self) -> None:
+        self._queue.put(("discard", None))
+
+    def close(self) -> None:
+        """Write everything queued, then close the store."""
+        self._queue.put(("close", None))
+        self._thread.join()
+
+    @property
+    def queued_steps(self) -> int:
+        return self._queued_steps
+
+    def _run(self) -> None:
+        episode = None
+        next_flush = time.monotonic() + self._flush_period_s
+        while True:
+            try:
+                op, arg = self._queue.get(timeout=self._flush_period_s)
+            except queue.Empty:
+                op, arg = "flush", None
+            try:
+                if episode is not None and time.monotonic() >= next_flush:
+                    # The store buffers up to a few MB per key; flushing bounds what a crash
+                    # of the recorder can lose of the open episode to about flush_period_s.
+                    episode.flush()
+                    next_flush = time.monotonic() + self._flush_period_s
+                if op == "begin":
+                    episode = self._store.begin_episode(source=arg[0], start_time=arg[1])
+                elif op == "step":
+                    with self._lock:
+                        self._queued_steps -= 1
+                    if episode is not None:
+                        episode.add_step(arg[0])
+                        self._note_latency(time.monotonic() - arg[1])
+                elif op == "commit" and episode is not None:
+                    episode.commit(success=arg)
+                    episode = None
+                elif op == "discard" and episode is not None:
+                    episode.discard()
+                    episode = None
+                elif op == "close":
+                    self._store.close()
+                    return
+            except Exception as e:  # keep the recorder alive; the status reports the error
+                self.error = f"{op}: {type(e).__name__}: {e}"
+                if op in ("begin", "commit", "discard"):
+                    episode = None
+
+    def _note_latency(self, latency: float) -> None:
+        c = self.counters
+        if c is not None:
+            c.latency_sum_s += latency
+            c.latency_max_s = max(c.latency_max_s, latency)
+            c.latency_count += 1
+
+
+class Recorder:
+    """Sampler + episode state machine over one episode store.
+
+    `now` arguments are the recorder clock in seconds (ROS time: wall or /clock). Methods
+    return (ok, message) where a service answers, so the node can pass them through. The node
+    calls `on_tick` at rate_hz in both sampling modes (it also ends the reward wait).
+    """
+
+    def __init__(self, spec: RobotSpec, writer: StoreWriterThread, *, first_episode: int = 0,
+                 source: str = "teleop", auto_episodes: bool = False,
+                 on_shutdown: str = "commit", sample_on: str | None = None,
+                 reward_wait_s: float = 0.2, notify=None):
+        if on_shutdown not in ("commit", "discard"):
+            raise ValueError(f"on_shutdown must be commit or discard, got {on_shutdown!r}")
+        self.spec = spec
+        self.writer = writer
+        self.source = source
+        self.auto_episodes = auto_episodes
+        self.on_shutdown = on_shutdown
+        self.sample_on = sample_on if sample_on is not None else spec.sample_on
+        if self.sample_on is not None and self.sample_on not in spec.streams:
+            raise ValueError(f"sample_on {self.sample_on!r} is not a stream of the spec")
+        self.reward_wait_s = reward_wait_s
+        self._notify = notify or (lambda message: None)  # told how each episode ended
+        self.period = 1.0 / spec.rate_hz
+        self.latest = {name: _Latest() for name in spec.streams}
+        self.counters = Counters()
+        writer.counters = self.counters
+        self.state = IDLE
+        self.episode_index = first_episode  # index the current or next episode gets
+        self.episode_steps = 0  # steps handed to the writer in this episode
+        self._unrewarded: deque[dict] = deque()  # samples waiting for their reward
+        self._last: dict | None = None  # newest complete step, held back for its terminal flag
+        self._closing: tuple | None = None  # (success, terminal, deadline) while CLOSING
+        self._last_tick: float | None = None
+        self._reset_time: float | None = None  # of the reset event that started the episode
+        self._last_state_stamp: float | None = None  # of the previous sample in this episode
+        self._value_streams = [s for s in spec.streams.values() if s.role != "events"]
+        self._reward_stream = next(
+            (s.name for s in self._value_streams if s.role == "reward"), None)
+        # With sample_on, every sample is answered by exactly one reward message (the sim
+        # publishes r_t with s_t+1): rewards are matched to samples in order. On a timer, the
+        # reward of a sample is the latest reward at the next sample.
+        self._match_rewards = self._reward_stream is not None and self.sample_on is not None
+        self._blank = {s.name: self._blank_values(s) for s in self._value_streams}
+        self._required_observations = [s.name for s in self._value_streams
+                                       if s.role == "observation" and s.required]
+        self._events_stream = next(
+            (s.name for s in spec.streams.values() if s.role == "events"), None)
+
+    # ----- inputs -----
+    def on_message(self, stream: str, fields: dict, stamp: float, now: float) -> str | None:
+        """Hold a message's values; returns the problem if it was malformed (and skipped)."""
+        latest = self.latest[stream]
+        try:
+            values = self.spec.parse(stream, fields)
+        except MalformedMessage as e:
+            latest.malformed += 1
+            latest.last_problem = str(e)
+            return str(e)
+        latest.values, latest.stamp, latest.received = values, stamp, now
+        latest.count += 1
+        if stream == self.sample_on and self.state == RECORDING:
+            self._sample(now)
+        elif stream == self._reward_stream and self._match_rewards and self._unrewarded:
+            self._complete(self._with_reward(self._unrewarded.popleft()))
+            if self.state == CLOSING and not self._unrewarded:
+                self._finish()
+        return None
+
+    def on_tick(self, now: float) -> None:
+        """Timer callback: count missed periods, sample (timer mode), end a reward wait."""
+        if self.sample_on is None and self._last_tick is not None:
+            periods = (now - self._last_tick) / self.period
+            self.counters.dropped_ticks += max(0, int(round(periods)) - 1)
+            if periods - math.floor(periods) > 0.5 and periods < 2:
+                self.counters.late_ticks += 1
+        self._last_tick = now
+        if self.sample_on is None and self.state == RECORDING:
+            self._sample(now)
+        if self.state == CLOSING and now >= self._closing[2]:
+            self._finish()
+
+    def on_event(self, event: str, now: float) -> tuple[bool, str]:
+        """Episode events from the sim; act on them only with auto_episodes."""
+        self.latest[self._events_stream].count += 1
+        if not self.auto_episodes:
+            return True, "ignored (auto_episodes off)"
+        if event == EVENT_RESET:
+            if self.state == RECORDING:  # reset without terminal/truncated first
+                self.stop_episode(None, now)
+            ok, message = self.start_episode(now)
+            # States received before the reset belong to the previous episode: a command that
+            # answered one of them and arrives late must not become this episode's first step.
+            self._reset_time = now if ok else None
+            return ok, message
+        if event in (EVENT_TERMINAL, EVENT_TRUNCATED) and self.state == RECORDING:
+            return self.stop_episode(None, now, terminal=event == EVENT_TERMINAL)
+        return True, f"event {event!r} ignored in state {self.state}"
+
+    # ----- episode control -----
+    def stale_streams(self, now: float, required_only: bool = False) -> list[str]:
+        return [s.name for s in self._value_streams
+                if (s.required or not required_only)
+                and now - self.latest[s.name].received > s.stale_timeout_s]
+
+    def start_episode(self, now: float) -> tuple[bool, str]:
+        if self.state == CLOSING:
+            self._finish()
+        if self.state == RECORDING:
+            return False, f"episode {self.episode_index} is already recording"
+        stale = self.stale_streams(now, required_only=True)
+        if stale:
+            return False, "required streams stale or never received: " + ", ".join(
+                f"{name} ({self._age(name, now)})" for name in stale)
+        self.writer.begin(self.source, time.time())
+        self.state, self.episode_steps = RECORDING, 0
+        self._last_tick = self._reset_time = self._last_state_stamp = None
+        return True, f"recording episode {self.episode_index}"
+
+    def stop_episode(self, success: bool | None, now: float,
+                     terminal: bool = False) -> tuple[bool, str]:
+        """Commit the episode; with samples still waiting for their reward, after at most
+        reward_wait_s (state CLOSING; samples whose reward never comes are dropped)."""
+        if self.state != RECORDING:
+            return False, "no episode is recording"
+        self._closing = (success, terminal, now + self.reward_wait_s)
+        self.state = CLOSING
+        if self._match_rewards and self._unrewarded:
+            return True, f"committing episode {self.episode_index} once its last rewards arrive"
+        return self._finish()
+
+    def discard_episode(self, reason: str = "") -> tuple[bool, str]:
+        if self.state == IDLE:
+            return False, "no episode is recording"
+        self._unrewarded.clear()
+        self._last = None
+        self.writer.discard()
+        self.counters.episodes_discarded += 1
+        self.state = IDLE
+        message = f"discarded episode ({self.episode_steps} steps)" + (
+            f" because {reason}" if reason else "")
+        self._notify(message)
+        return True, message
+
+    def shutdown(self) -> str:
+        """Commit or discard the open episode as configured (without waiting for rewards still
+        on their way), then write out and close."""
+        message = "no episode open"
+        if self.state != IDLE and self.on_shutdown == "discard":
+            message = self.discard_episode(reason="the recorder shut down")[1]
+        elif self.state == RECORDING:
+            self.stop_episode(None, math.inf)
+        if self.state == CLOSING:
+            message = self._finish()[1]
+        self.writer.close()
+        return message
+
+    def _finish(self) -> tuple[bool, str]:
+        """End a CLOSING episode: write the held-back step with its terminal flag, commit."""
+        success, terminal, _ = self._closing
+        if not self._match_rewards and self._unrewarded:
+            self._complete(self._with_reward(self._unrewarded.popleft()))
+        self.counters.unrewarded_dropped += len(self._unrewarded)
+        self._unrewarded.clear()
+        if self._last is not None:
+            self._last["terminal"] = np.bool_(terminal)
+            self._write(self._last)
+            self._last = None
+        if self.episode_steps == 0:
+            return self.discard_episode(reason="it has no steps")
+        self.writer.commit(success)
+        index, steps = self.episode_index, self.episode_steps
+        self.episode_index += 1
+        self.counters.episodes_committed += 1
+        self.state = IDLE
+        message = f"committed episode {index} ({steps} steps)"
+        self._notify(message)
+        return True, message
+
+    # ----- status -----
+    def status(self, now: float) -> dict:
+        c = self.counters
+        return {
+            "state": self.state,
+            "episode": self.episode_index,
+            "episode_steps": self.episode_steps,
+            "episodes_committed": c.episodes_committed,
+            "episodes_discarded": c.episodes_discarded,
+            "samples": c.samples,
+            "sample_on": self.sample_on or f"timer {self.spec.rate_hz:g} Hz",
+            "dropped_ticks": c.dropped_ticks,
+            "late_ticks": c.late_ticks,
+            "stale_skipped": c.stale_skipped,
+            "stale_skips_by_stream": {n: s.stale_skips for n, s in self.latest.items()
+                                      if s.stale_skips},
+            "pre_reset_skipped": c.pre_reset_skipped,
+            "unrewarded_dropped": c.unrewarded_dropped,
+            "state_gaps": c.state_gaps,
+            "queue_dropped": c.queue_dropped,
+            "writer_queue": self.writer.queued_steps,
+            "clipped_actions": c.clipped_actions,
+            "stale_streams": self.stale_streams(now),
+            "received": {n: s.count for n, s in self.latest.items()},
+            "malformed": {n: s.malformed for n, s in self.latest.items()},
+            "last_malformed": {n: s.last_problem for n, s in self.latest.items()
+                               if s.last_problem},
+            "write_latency_mean_ms": 1e3 * c.latency_sum_s / c.latency_count if c.latency_count
+            else None,
+            "write_latency_max_ms": 1e3 * c.latency_max_s if c.latency_count else None,
+            "writer_error": self.writer.error,
+        }
+
+    # ----- sampling -----
+    def _sample(self, now: float) -> None:
+        stale = self.stale_streams(now, required_only=True)
+        if stale:
+            self.counters.stale_skipped += 1
+            for name in stale:
+                self.latest[name].stale_skips += 1
+            return
+        if self._reset_time is not None and any(
+                self.latest[s].received < self._reset_time for s in self._required_observations):
+            self.counters.pre_reset_skipped += 1
+            return
+        if self.sample_on is not None and self._required_observations:
+            self._check_state_progress()
+        values: dict[str, np.ndarray] = {}
+        step: dict[str, np.ndarray] = {}
+        for s in self._value_streams:
+            latest = self.latest[s.name]
+            values.update(latest.values if latest.values is not None else self._blank[s.name])
+            step[f"stamp/{s.name}"] = np.float64(latest.stamp)
+        action = values["action"]
+        clipped = np.clip(action, self.spec.action.low, self.spec.action.high)
+        if not np.array_equal(clipped, action):
+            self.counters.clipped_actions += 1
+        step["observation"] = self.spec.observation_vector(values)
+        step["action"] = clipped.astype(np.float32)
+        step["terminal"] = np.bool_(False)
+        step["timestamp"] = np.float64(now)
+        for image in self.spec.images:
+            step[image.key] = values[image.key]
+        if self._reward_stream is None:  # the dataset has no reward key
+            self._complete(step)
+            return
+        if not self._match_rewards and self._unrewarded:  # timer: reward = latest at next sample
+            self._complete(self._with_reward(self._unrewarded.popleft()))
+        self._unrewarded.append(step)
+
+    def _check_state_progress(self) -> None:
+        """A controller that answers every state gives samples one state period apart. A
+        repeated or skipped state means it fell behind (its command answered an older state,
+        and the robot held a previous command meanwhile): such steps do not replay. Exact with
+        sim-time stamps; with wall-clock stamps, jitter over half a period also counts."""
+        stamp = self.latest[self._required_observations[0]].stamp
+        last, self._last_state_stamp = self._last_state_stamp, stamp
+        if last is not None and abs(stamp - last - self.period) > 0.5 * self.period:
+            self.counters.state_gaps += 1
+
+    def _with_reward(self, step: dict) -> dict:
+        reward = self.latest[self._reward_stream]
+        step["reward"] = np.float32(reward.values["reward"] if reward.values else 0.0)
+        step[f"stamp/{self._reward_stream}"] = np.float64(reward.stamp)
+        return step
+
+    def _complete(self, step: dict) -> None:
+        if self._last is not None:
+            self._write(self._last)
+        self._last = step
+
+    def _write(self, step: dict) -> None:
+        if self.writer.add(step):
+            self.episode_steps += 1
+            self.counters.samples += 1
+        else:
+            self.counters.queue_dropped += 1
+
+    def _blank_values(self, stream) -> dict[str, np.ndarray]:
+        """Values written for an optional stream that never delivered (its stamp is 0)."""
+        spec = self.spec
+        if stream.role == "observation":
+            return {p.name: np.zeros(p.size) for p in spec.observation if p.topic == stream.topic}
+        if stream.role == "image":
+            return {i.key: np.zeros(i.shape, np.uint8) for i in spec.images
+                    if i.topic == stream.topic}
+        return {stream.role: np.zeros(spec.act_dim) if stream.role == "action" else 0.0}
+
+    def _age(self, name: str, now: float) -> str:
+        received = self.latest[name].received
+        return "never received" if received == -math.inf else f"last {now - received:.2f} s ago"

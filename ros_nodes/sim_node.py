@@ -1,0 +1,162 @@
+"""The sim node (`sim`): runs a sim/ task as if it were the robot.
+
+Topics (relative names, so a namespace applies):
+  publishes  joint_states    sensor_msgs/JointState  all MuJoCo joints: position=qpos, velocity=qvel
+             reward          std_msgs/Float64        the task reward of the step
+             episode_events  std_msgs/String         "reset", "terminal", "truncated"
+             ~/status        std_msgs/String         JSON counters (transient local, status_rate Hz)
+             /diagnostics    diagnostic_msgs/DiagnosticArray   the same counters
+             /clock          rosgraph_msgs/Clock     sim time, when not real time or publish_clock
+  subscribes commands        std_msgs/Float64MultiArray  one value per actuator
+                             (ros2_control forward_command_controller convention)
+  service    ~/reset         std_srvs/Trigger        start a new episode at the next tick
+
+Per tick, in this order: "reset" event (reset ticks), /clock, joint_states, reward (step ticks),
+"terminal"/"truncated" event (last step of an episode). So an episode's events frame its states.
+header.stamp is sim time when /clock is published, wall time otherwise.
+Logic (command checks, hold-last-command, pacing): robot_stack/sim_runtime.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64, Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from robot_stack.sim_runtime import Pacer, SimRuntime, tick_period
+from ros_nodes import convert
+from ros_nodes.node_main import node_main
+from sim import make_task
+
+PARAMETERS = {  # name: (default, description)
+    "task": ("cheetah-run", "sim/ task name"),
+    "seed": (0, "episode i starts from seed + i"),
+    "realtime_factor": (1.0, "sim seconds per wall second; 0 = as fast as possible"),
+    "auto_reset": (True, "start a new episode after one ends"),
+    "publish_clock": (False, "publish /clock even at real time (always published otherwise)"),
+    "command_timeout": (0.5, "sim seconds without commands before status reports holding"),
+    "status_rate": (5.0, "Hz (wall) of ~/status and /diagnostics"),
+}
+WARN_THROTTLE_S = 2.0
+
+
+class SimNode(Node):
+    def __init__(self, overrides=()):
+        super().__init__("sim", parameter_overrides=list(overrides))
+        p = {name: self.declare_parameter(name, default, ParameterDescriptor(description=text)).value
+             for name, (default, text) in PARAMETERS.items()}
+        task = make_task(p["task"])
+        self.runtime = SimRuntime(task, seed=p["seed"], auto_reset=p["auto_reset"],
+                                  command_timeout=p["command_timeout"])
+        self.pacer = Pacer(tick_period(task.control_dt, p["realtime_factor"]))
+        self.use_sim_stamps = p["publish_clock"] or p["realtime_factor"] != 1.0
+        self.status_period = 1.0 / p["status_rate"]
+        self.lock = threading.Lock()  # runtime is shared by the tick loop and the callbacks
+        self.reset_done = threading.Condition(self.lock)
+
+        self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.reward_pub = self.create_publisher(Float64, "reward", 10)
+        self.event_pub = self.create_publisher(String, "episode_events", 10)
+        self.status_pub = self.create_publisher(
+            String, "~/status", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.use_sim_stamps else None
+        self.create_subscription(Float64MultiArray, "commands", self.on_command, 10)
+        self.create_service(Trigger, "~/reset", self.on_reset)
+        self.get_logger().info(
+            f"{task.name}: {task.act_dim} actions, {1 / task.control_dt:g} Hz, "
+            f"realtime_factor {p['realtime_factor']:g}, auto_reset {p['auto_reset']}")
+
+    def on_command(self, msg: Float64MultiArray) -> None:
+        with self.lock:
+            problem = self.runtime.submit_command(convert.command_array(msg))
+        if problem:
+            self.get_logger().warning(f"rejected command: {problem}",
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+
+    def on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self.lock:
+            episodes = self.runtime.episodes
+            self.runtime.reset_requested = True
+            # The tick loop performs the reset so that all publishing keeps the per-tick order.
+            response.success = self.reset_done.wait_for(
+                lambda: self.runtime.episodes > episodes, timeout=max(1.0, 10 * self.pacer.period))
+        response.message = "new episode started" if response.success else "reset still pending"
+        return response
+
+    def run(self) -> None:
+        next_status = time.monotonic()
+        while rclpy.ok():
+            self.pacer.wait()
+            with self.lock:
+                tick = self.runtime.tick()
+                if tick is not None:
+                    self.publish_tick(tick)
+                    if "reset" in tick.events:
+                        self.reset_done.notify_all()
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + self.status_period
+                    self.publish_status(self.runtime.status())
+            if tick is None:  # idle after an episode ended: wait for a reset request
+                time.sleep(self.pacer.period or 0.001)
+
+    def publish_tick(self, tick) -> None:
+        stamp = (convert.time_msg(tick.sim_time) if self.use_sim_stamps
+                 else self.get_clock().now().to_msg())
+        if "reset" in tick.events:
+            self.event_pub.publish(String(data="reset"))
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=stamp))
+        self.joint_pub.publish(convert.joint_state_msg(
+            self.runtime.task.joint_names, tick.qpos, tick.qvel, stamp))
+        if tick.reward is not None:
+            self.reward_pub.publish(Float64(data=tick.reward))
+        for event in tick.events:
+            if event != "reset":
+                self.event_pub.publish(String(data=event))
+
+    def publish_status(self, status: dict) -> None:
+        self.status_pub.publish(convert.status_msg(status))
+        warn = status["holding"] or status["episode_over"]
+        message = ("holding the last command" if status["holding"] else
+                   "episode over, waiting for ~/reset" if status["episode_over"] else "running")
+        self.diag_pub.publish(convert.diagnostics_msg(
+            f"{self.get_name()}: {status['task']}", status["task"],
+            DiagnosticStatus.WARN if warn else DiagnosticStatus.OK, message, status,
+            self.get_clock().now().to_msg()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robot-stack sim serve",
+        description="Run a MuJoCo task as a ROS 2 robot (node `sim`). Options override the ROS "
+        "parameters of the same name (e.g. from --ros-args --params-file config/sim.yaml).")
+    parser.add_argument("--task", help="cheetah-run | walker-walk | hopper-hop "
+                        "(default cheetah-run)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--realtime-factor", type=float,
+                        help="sim seconds per wall second (default 1); 0 = as fast as possible")
+    parser.add_argument("--auto-reset", action=argparse.BooleanOptionalAction, default=None,
+                        help="start a new episode when one ends (default on)")
+    parser.add_argument("--publish-clock", action="store_true", default=None,
+                        help="publish /clock even at real time")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = ("task", "seed", "realtime_factor", "auto_reset", "publish_clock")
+    return node_main(argv, build_parser(), {name: name for name in options}, SimNode, SimNode.run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
