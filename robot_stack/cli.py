@@ -1,0 +1,240 @@
+"""The `robot-stack` command: one small function per verb.
+
+Heavy modules (torch, mujoco, rclpy) are imported inside the verb that needs them, so `--help`
+is instant and the core verbs work on a machine without ROS 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from robot_stack.errors import RobotStackError
+
+
+def _sim_collect(args: argparse.Namespace) -> int:
+    from sim.collect import collect_dataset
+
+    summary = collect_dataset(
+        args.task, args.policy, args.episodes, args.out, seed=args.seed, noise=args.noise,
+        max_steps=args.max_steps, progress=not args.quiet,
+    )
+    print(json.dumps(summary, default=str) if args.json else _format_summary(summary))
+    return 0
+
+
+def _format_summary(summary: dict) -> str:
+    return "\n".join(f"{key}: {value}" for key, value in summary.items())
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from robot_stack.data.check import format_info, info
+
+    summary = info(args.path)
+    print(json.dumps(summary, default=str) if args.json else format_info(summary))
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from robot_stack.data.check import check
+
+    report = check(args.path, repair=args.repair)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from robot_stack.learn.trainer import TrainConfig, load_run_config, train
+
+    if args.resume:
+        cfg = load_run_config(args.resume)
+        if args.steps is not None:
+            cfg.steps = args.steps
+    else:
+        missing = [flag for flag, value in (("--dataset", args.dataset), ("--out", args.out)) if not value]
+        if missing:
+            raise RobotStackError(f"train needs {' and '.join(missing)} (or --resume RUN)")
+        options = {k: v for k, v in vars(args).items()
+                   if k in TrainConfig.__dataclass_fields__ and v is not None}
+        cfg = TrainConfig(**options)
+    result = train(cfg, resume=bool(args.resume), progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _train_generator(args: argparse.Namespace) -> int:
+    if args.kind == "diffusion":
+        from robot_stack.learn.edm import DiffusionConfig, fit_diffusion
+
+        cfg = DiffusionConfig(horizon=args.horizon, train_steps=args.steps, seed=args.seed,
+                              sample_steps=args.sample_steps)
+        generator = fit_diffusion(args.dataset, args.out, cfg, log=print, log_every=max(1, args.steps // 20))
+    else:
+        from robot_stack.learn.world_model import WorldModelConfig, fit_world_model
+
+        generator = fit_world_model(args.dataset, args.out,
+                                    WorldModelConfig(rollout_horizon=args.rollout_horizon, seed=args.seed),
+                                    log=print)
+    print(json.dumps({"generator": args.out, "kind": generator.kind, "source": generator.source},
+                     indent=2, default=str))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from robot_stack.learn.guidance import GuidanceConfig
+    from robot_stack.learn.synthetic import generate, load_generator
+    from robot_stack.learn.trainer import load_policy
+
+    generator = load_generator(args.generator)
+    policy = None
+    if args.policy:
+        agent = load_policy(args.policy)
+        # Diffusion guidance needs the actor's log_prob; world-model rollouts its actions.
+        policy = agent.actor if generator.kind == "diffusion" else agent.act
+    guidance = GuidanceConfig(lam=args.guidance if policy is not None else 0.0,
+                              normalize=args.guidance_normalize)
+    store = generate(generator, policy, guidance, episodes=args.episodes, out=args.out, seed=args.seed,
+                     dataset=args.dataset, policy_name=args.policy)
+    print(json.dumps({"out": args.out, "episodes": store.n_episodes, "steps": store.n_steps,
+                      "generator": store.generator}, indent=2, default=str))
+    return 0
+
+
+# Verbs that start a ROS 2 node: their arguments go untouched to the node's own `main(argv)`,
+# which parses them (and answers --help), so the CLI and `ros2 run` share one option set.
+NODE_VERBS = {
+    ("sim", "serve"): ("ros_nodes.sim_node", "run a task as a ROS 2 robot (the sim node)"),
+    ("teleop",): ("ros_nodes.teleop_node", "publish commands from keyboard, joystick or script"),
+    ("record",): ("ros_nodes.recorder_node", "record robot topics into a dataset"),
+}
+
+
+def _run_node_verb(module: str, node_args: list[str]) -> int:
+    import importlib
+
+    try:
+        node_main = importlib.import_module(module).main
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in {"rclpy", "std_msgs", "sensor_msgs", "std_srvs",
+                                                   "diagnostic_msgs", "rosgraph_msgs"}:
+            raise RobotStackError(
+                f"this verb needs ROS 2 ({exc.name} is not importable): source a ROS 2 install "
+                "or `pip install 'robot_stack[ros]'`"
+            ) from exc
+        raise
+    return node_main(node_args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robot-stack",
+        description="Record ROS 2 demonstrations to Zarr, train offline RL with policy-guided "
+        "diffusion, deploy ONNX policies.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    sim = verbs.add_parser("sim", help="MuJoCo tasks: collect datasets, serve as a ROS 2 robot")
+    sim_verbs = sim.add_subparsers(dest="sim_verb", required=True, metavar="SIM_VERB")
+    collect = sim_verbs.add_parser("collect", help="collect a dataset in-process (no ROS)")
+    collect.add_argument("--task", required=True, help="cheetah-run | walker-walk | hopper-hop")
+    collect.add_argument("--policy", choices=["random", "scripted"], default="scripted")
+    collect.add_argument("--episodes", type=int, required=True)
+    collect.add_argument("--out", required=True, help="dataset path (created, or appended to)")
+    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--noise", type=float, default=0.3,
+                         help="std of the Gaussian action noise of the scripted policy")
+    collect.add_argument("--max-steps", type=int, default=None,
+                         help="cut episodes short (default: the task's 1000 steps)")
+    collect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    collect.add_argument("--quiet", action="store_true", help="no progress bar")
+    collect.set_defaults(func=_sim_collect)
+    sim_verbs.add_parser("serve", help=NODE_VERBS[("sim", "serve")][1] + " (ROS 2; see --help)")
+
+    data = verbs.add_parser("data", help="inspect and check episode datasets")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="DATA_VERB")
+    info = data_verbs.add_parser("info", help="episodes, steps, keys, sources, size")
+    info.add_argument("path")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=_data_info)
+    check = data_verbs.add_parser("check", help="verify the dataset's invariants")
+    check.add_argument("path")
+    check.add_argument("--repair", action="store_true",
+                       help="trim an uncommitted tail and recompute stale statistics")
+    check.set_defaults(func=_data_check)
+
+    train = verbs.add_parser("train", help="train an offline RL agent, optionally with synthetic data")
+    train.add_argument("--dataset", help="episode-store dataset to train on")
+    train.add_argument("--out", help="run folder (config, checkpoints, metrics, plots)")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
+    train.add_argument("--algo", choices=["td3bc", "iql"])
+    train.add_argument("--synthetic", choices=["none", "diffusion", "pgd", "world-model"])
+    train.add_argument("--steps", type=int, help="agent updates in total")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--eval-task", help="sim task to evaluate in (default: the dataset's task)")
+    train.add_argument("--eval-every", type=int)
+    train.add_argument("--eval-episodes", type=int)
+    train.add_argument("--log-every", type=int)
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--reward", metavar="MODULE:FUNCTION",
+                       help="compute (reward, terminal) from (obs, action, next_obs) at load time")
+    train.add_argument("--synthetic-fraction", type=float, help="synthetic share of each batch")
+    train.add_argument("--regen-every", type=int, help="agent steps between synthetic regenerations")
+    train.add_argument("--synthetic-size", type=int, help="windows or rollouts per synthetic buffer")
+    train.add_argument("--guidance", type=float, help="policy-guidance coefficient lambda (pgd)")
+    train.add_argument("--guidance-normalize", action="store_const", const=True,
+                       help="normalise the guidance gradient over each window's actions")
+    train.add_argument("--horizon", type=int, help="diffusion window length")
+    train.add_argument("--sample-steps", type=int, help="EDM sampler steps")
+    train.add_argument("--rollout-horizon", type=int, help="world-model rollout length")
+    train.add_argument("--generator", help="a trained generator directory (else one is trained)")
+    train.add_argument("--generator-steps", type=int, help="diffusion training steps when training one")
+    train.add_argument("--device", help="torch device (cpu, cuda)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    fit = verbs.add_parser("train-generator", help="fit a trajectory diffusion model or world model")
+    fit.add_argument("--kind", choices=["diffusion", "world-model"], required=True)
+    fit.add_argument("--dataset", required=True)
+    fit.add_argument("--out", required=True, help="generator directory")
+    fit.add_argument("--steps", type=int, default=20_000, help="diffusion training steps")
+    fit.add_argument("--horizon", type=int, default=32)
+    fit.add_argument("--sample-steps", type=int, default=16)
+    fit.add_argument("--rollout-horizon", type=int, default=5)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.set_defaults(func=_train_generator)
+
+    gen = verbs.add_parser("generate", help="sample a synthetic dataset from a generator")
+    gen.add_argument("--generator", required=True, help="generator directory")
+    gen.add_argument("--policy", metavar="RUN", help="training run whose policy guides / rolls out")
+    gen.add_argument("--guidance", type=float, default=1.0, help="lambda (diffusion with --policy)")
+    gen.add_argument("--guidance-normalize", action="store_true")
+    gen.add_argument("--episodes", type=int, required=True, help="windows or rollouts to generate")
+    gen.add_argument("--out", required=True, help="synthetic dataset path")
+    gen.add_argument("--dataset", help="source dataset (default: the one the generator was fit on)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=_generate)
+
+    for words, (_, text) in NODE_VERBS.items():
+        if len(words) == 1:
+            verbs.add_parser(words[0], help=text + " (ROS 2; see --help)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        for words, (module, _) in NODE_VERBS.items():
+            if tuple(argv[: len(words)]) == words:
+                return _run_node_verb(module, argv[len(words):])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except RobotStackError as exc:
+        print(f"robot-stack: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
