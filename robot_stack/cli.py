@@ -100,12 +100,37 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from sim.validate import plot_error_by_horizon, validate_datasets
+
+    policy = None
+    if args.policy:
+        from robot_stack.learn.trainer import load_policy
+
+        policy = load_policy(args.policy).actor
+    result = validate_datasets(args.data, args.task, policy, max_samples=args.max_samples)
+    if args.plot:
+        plot_error_by_horizon(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for report in result["datasets"]:
+        line = (f"{report['path']}: {report['transitions']} transitions, dynamics MSE "
+                f"{report['dynamics_mse']:.4g}, reward MSE {report['reward_mse']}")
+        if "policy_log_likelihood" in report:
+            line += f", policy log-likelihood {report['policy_log_likelihood']:.3f}"
+        print(line)
+    print(f"(errors normalised by the {result['normalised_by']})")
+    return 0
+
+
 # Verbs that start a ROS 2 node: their arguments go untouched to the node's own `main(argv)`,
 # which parses them (and answers --help), so the CLI and `ros2 run` share one option set.
 NODE_VERBS = {
     ("sim", "serve"): ("ros_nodes.sim_node", "run a task as a ROS 2 robot (the sim node)"),
     ("teleop",): ("ros_nodes.teleop_node", "publish commands from keyboard, joystick or script"),
     ("record",): ("ros_nodes.recorder_node", "record robot topics into a dataset"),
+    ("deploy",): ("ros_nodes.policy_node", "drive a robot with an exported ONNX policy"),
 }
 
 
@@ -214,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dataset", help="source dataset (default: the one the generator was fit on)")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=_generate)
+
+    val = verbs.add_parser("validate", help="check transition datasets against MuJoCo's dynamics")
+    val.add_argument("--data", action="append", required=True, metavar="PATH",
+                     help="dataset (repeat for several: real, diffusion, PGD, world model)")
+    val.add_argument("--task", required=True, help="sim task giving the true dynamics")
+    val.add_argument("--policy", metavar="RUN", help="report the actions' mean log-likelihood under it")
+    val.add_argument("--max-samples", type=int, default=20_000, help="transitions checked per dataset")
+    val.add_argument("--json", action="store_true", help="print one JSON object")
+    val.add_argument("--plot", metavar="FILE", help="PNG of error against horizon")
+    val.set_defaults(func=_validate)
 
     for words, (_, text) in NODE_VERBS.items():
         if len(words) == 1:

@@ -25,6 +25,7 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and ctypes.ut
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 from dm_control import suite  # noqa: E402
 from dm_control.rl.control import PhysicsError  # noqa: E402
 
@@ -54,7 +55,14 @@ class SimTask:
         if name not in _SUITE_TASKS:
             raise SimError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
         domain, task_name = _SUITE_TASKS[name]
-        env = suite.load(domain, task_name)
+        # The suite's models use a compiler attribute MuJoCo 3.x deprecates; its warning, logged
+        # through absl on every load, says nothing actionable to our users.
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)
+        try:
+            env = suite.load(domain, task_name)
+        finally:
+            absl_logging.set_verbosity(verbosity)
         self.name = name
         self._physics = env.physics
         self._task = env.task

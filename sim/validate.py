@@ -75,3 +75,82 @@ def dynamics_error(task: str | SimTask, states, actions, next_states, rewards=No
         "reward_error": reward_error,
         "n_invalid": int(n - valid.sum()),
     }
+
+
+def validate_datasets(paths: list[str], task_name: str, policy=None, max_samples: int = 20_000,
+                      seed: int = 0) -> dict:
+    """Dynamics, reward and (with a policy) action-likelihood checks of episode-store datasets.
+
+    Every transition (s_t, a_t, s_{t+1}) inside an episode is a sample; its horizon is t, the
+    position within its episode (a synthetic window or rollout, or a recorded episode). Errors of
+    all datasets are normalised by the observation std of the first dataset, so they compare.
+    At most `max_samples` transitions per dataset are checked (a seeded random subset).
+    `policy` is an actor with log_prob(obs, action) (a trained run's), or None.
+    """
+    from robot_stack.data import EpisodeStore
+
+    task = make_task(task_name)
+    reports, state_std = [], None
+    for path in paths:
+        store = EpisodeStore.open(str(path), mode="r")
+        if store.keys["observation"].shape != (task.obs_dim,) or store.keys["action"].shape != (task.act_dim,):
+            raise SimError(f"{path}: observation/action shapes {store.keys['observation'].shape}/"
+                           f"{store.keys['action'].shape} do not fit {task_name} "
+                           f"(({task.obs_dim},)/({task.act_dim},))")
+        if store.n_episodes == 0:
+            raise SimError(f"{path}: no committed episodes to validate")
+        if state_std is None:
+            state_std = store.stats()["observation"]["std"]
+        ends = np.asarray(store.episode_ends)
+        obs, act = store.read("observation"), store.read("action")
+        starts = np.concatenate([[0], ends[:-1]])
+        position = np.arange(len(obs)) - np.repeat(starts, ends - starts)
+        has_next = np.ones(len(obs), dtype=bool)
+        has_next[ends - 1] = False
+        index = np.flatnonzero(has_next)
+        if len(index) > max_samples:
+            index = np.sort(np.random.default_rng(seed).choice(index, max_samples, replace=False))
+        rewards = store.read("reward")[index] if "reward" in store.keys else None
+        err = dynamics_error(task, obs[index], act[index], obs[index + 1], rewards, state_std=state_std)
+        horizon = position[index]
+        by_horizon = [float(np.nanmean(err["per_sample"][horizon == h])) if np.any(horizon == h) else None
+                      for h in range(int(horizon.max()) + 1)]
+        report = {"path": str(path), "source": sorted(set(store.episode_meta["source"])),
+                  "generator": (store.generator or {}).get("kind"), "transitions": int(len(index)),
+                  "dynamics_mse": err["mean"], "per_dim_mse": err["per_dim"].tolist(),
+                  "by_horizon": by_horizon, "reward_mse": err["reward_mse"], "n_invalid": err["n_invalid"]}
+        if policy is not None:
+            report["policy_log_likelihood"] = _mean_log_likelihood(policy, obs[index], act[index])
+        reports.append(report)
+    return {"task": task_name, "normalised_by": f"observation std of {paths[0]}", "datasets": reports}
+
+
+def _mean_log_likelihood(policy, obs: np.ndarray, act: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        logp = policy.log_prob(torch.as_tensor(obs, dtype=torch.float32),
+                               torch.as_tensor(np.clip(act, -0.999, 0.999), dtype=torch.float32))
+    return float(logp.mean())
+
+
+def plot_error_by_horizon(result: dict, out, max_horizon: int = 64) -> None:
+    """Dynamics error against position in the trajectory, every dataset on one axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for report in result["datasets"]:
+        points = [(h, e) for h, e in enumerate(report["by_horizon"][:max_horizon]) if e is not None]
+        label = f"{report['generator'] or ','.join(report['source'])}: {report['path']}"
+        ax.plot(*zip(*points), marker=".", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("position in trajectory (steps)")
+    ax.set_ylabel("normalised one-step MSE vs MuJoCo")
+    ax.set_title(f"dynamics error, {result['task']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
