@@ -21,7 +21,11 @@ import numpy as np
 from robot_stack.errors import DatasetError
 
 # Keys every dataset has, with the per-step shape and dtype kind they must have.
-REQUIRED_KEYS = {"action": None, "reward": "f", "terminal": "b", "timestamp": "f"}
+REQUIRED_KEYS = {"action": None, "terminal": "b", "timestamp": "f"}
+# Keys a dataset may lack, checked the same way when present. A recording of a robot without a
+# reward signal has no `reward` key (rather than made-up zeros): the trainer then asks for a
+# reward function.
+OPTIONAL_KEYS = {"reward": "f"}
 SUPPORTED_DTYPE_KINDS = "biuf"
 _KEY_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -75,15 +79,20 @@ class KeySpec:
         return cls(shape=tuple(d["shape"]), dtype=d["dtype"], chunk_steps=d.get("chunk_steps"))
 
 
-def standard_keys(obs_dim: int, act_dim: int, obs_dtype: str = "float32") -> dict[str, KeySpec]:
-    """The low-dim keys of a state-and-action dataset (add image keys to the dict as needed)."""
-    return {
+def standard_keys(obs_dim: int, act_dim: int, obs_dtype: str = "float32",
+                  reward: bool = True) -> dict[str, KeySpec]:
+    """The low-dim keys of a state-and-action dataset (add image keys to the dict as needed);
+    reward=False for recordings without a reward signal."""
+    keys = {
         "observation": KeySpec((obs_dim,), obs_dtype),
         "action": KeySpec((act_dim,), "float32"),
         "reward": KeySpec((), "float32"),
         "terminal": KeySpec((), "bool"),
         "timestamp": KeySpec((), "float64"),
     }
+    if not reward:
+        del keys["reward"]
+    return keys
 
 
 def validate_schema(keys: dict[str, KeySpec]) -> dict[str, KeySpec]:
@@ -100,8 +109,10 @@ def validate_schema(keys: dict[str, KeySpec]) -> dict[str, KeySpec]:
         for other in keys:
             if other.startswith(name + "/"):
                 raise DatasetError(f"key {name!r} cannot be both an array and the group of {other!r}")
-    for name, kind in REQUIRED_KEYS.items():
+    for name, kind in {**REQUIRED_KEYS, **OPTIONAL_KEYS}.items():
         if name not in keys:
+            if name in OPTIONAL_KEYS:
+                continue
             raise DatasetError(f"required key {name!r} missing from the schema")
         if name != "action" and keys[name].shape != ():
             raise DatasetError(f"key {name!r} must be a scalar per step, got shape {keys[name].shape}")

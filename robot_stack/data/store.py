@@ -10,7 +10,9 @@ Layout (diffusion_policy ReplayBuffer convention, readable with plain zarr):
     <root>/meta/episode_source, episode_task   variable-length UTF-8 strings
 
 Crash safety. zarr's LocalStore writes every key (chunk or zarr.json) to a temporary file and
-renames it into place, so each key is either old or new after a crash. A commit writes, in order:
+renames it into place, so each key is either old or new after a crash; image chunks are written
+with that same function by a few threads per episode (see IMAGE_WRITE_THREADS), and flush and
+commit wait for them. A commit writes, in order:
 data chunks -> data shapes -> per-episode meta -> episode_ends (shape, then chunk) -> stats.
 The episode becomes visible with the episode_ends chunk write. episode_ends has fill value -1, so a
 crash between growing its shape and writing its chunk leaves a trailing -1 that readers ignore
@@ -35,14 +37,18 @@ import re
 import shutil
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+import zarr.storage._local as zarr_local_store
+from numcodecs import Blosc
+from zarr.codecs import BloscCodec, BytesCodec
+from zarr.core.buffer import default_buffer_prototype
 
 from robot_stack.data.schema import KeySpec, validate_rows, validate_schema
-from robot_stack.data.stats import RunningStats, stat_samples
+from robot_stack.data.stats import RunningStats, rows_stats
 from robot_stack.errors import DatasetError
 
 FORMAT = "robot_stack.episodes"
@@ -50,13 +56,24 @@ SCHEMA_VERSION = 1
 SOURCES = ("teleop", "scripted", "sim", "synthetic")
 META_CHUNK = 4096
 # The streaming writer writes each chunk as soon as it is full, except that image frames go in
-# groups of this many chunks: one zarr call compresses them concurrently and amortises its
-# per-call overhead (~2.5x the frame rate of one call per frame, see benchmarks/store_write.py).
-IMAGE_WRITE_CHUNKS = 4
+# groups of this many chunks, so the array's shape (its zarr.json) is rewritten once per group.
+IMAGE_WRITE_CHUNKS = 8
+# Image chunks bypass zarr's per-call write pipeline (~3 ms per 640x480 frame on top of the
+# compression itself): the writer encodes each chunk with the array's own Blosc settings and writes
+# it under the array's chunk key with LocalStore's own atomic write (temporary file + rename), on
+# this many threads per open episode. Blosc releases the GIL, so compressing frame k overlaps the
+# caller producing frame k+1 and the next frames; at most IMAGE_CHUNKS_IN_FLIGHT chunks are queued
+# (bounded memory). The write calls zarr's module-level `_put` directly: LocalStore.set runs that
+# same function but hops through zarr's event loop and a second thread (+0.6 ms CPU per frame).
+IMAGE_WRITE_THREADS = 2
+IMAGE_CHUNKS_IN_FLIGHT = 2 * IMAGE_WRITE_CHUNKS
 # Blosc lz4 without shuffle (frames are interleaved uint8, so byte shuffle is a no-op): on the
 # benchmark's rendered-like frames 1.2 ms/frame and 5x smaller; bitshuffle was slower and larger
 # (1.8 ms, 3x), zstd smaller (10x) but 2x slower (see benchmarks/store_write.py).
 IMAGE_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+# Image chunk files side by side (data/camera/rgb/c.<frame>.0.0.0) instead of zarr's default
+# c/<frame>/0/0/0, which makes three directories per frame: 0.5 ms of a 1 ms chunk write.
+IMAGE_CHUNK_KEYS = {"name": "default", "separator": "."}
 # zarr's default scans each chunk to skip all-fill chunks: 3 ms per 640x480 frame for nothing.
 ARRAY_CONFIG = {"write_empty_chunks": True}
 # Temporary files zarr's LocalStore leaves behind when killed between write and rename.
@@ -131,7 +148,8 @@ class EpisodeStore:
         for name, spec in keys.items():
             root.create_array(
                 f"data/{name}", shape=(0, *spec.shape), chunks=(spec.chunk_len, *spec.shape),
-                dtype=spec.dtype, fill_value=0, compressors=[IMAGE_COMPRESSOR] if spec.is_image else "auto")
+                dtype=spec.dtype, fill_value=0, compressors=[IMAGE_COMPRESSOR] if spec.is_image else "auto",
+                chunk_key_encoding=IMAGE_CHUNK_KEYS if spec.is_image else None)
         root.create_array("meta/episode_ends", shape=(0,), chunks=(META_CHUNK,), dtype="int64", fill_value=-1)
         for name, dtype in META_DTYPES.items():
             root.create_array(f"meta/episode_{name}", shape=(0,), chunks=(META_CHUNK,), dtype=dtype,
@@ -192,7 +210,8 @@ class EpisodeStore:
 
     def close(self) -> None:
         """Release the writer lock. An open streaming episode stays uncommitted."""
-        self._writer = None
+        if self._writer is not None:
+            self._writer._end()  # no chunk write may land after the lock is gone
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -283,7 +302,7 @@ class EpisodeStore:
         stats = stats if stats is not None else {k: RunningStats.empty(s) for k, s in self.keys.items()}
         for key, spec in self.keys.items():
             for rows in self.iter_blocks(key, start):
-                stats[key].update(stat_samples(spec, rows))
+                stats[key].merge(rows_stats(spec, rows))
         return stats
 
     def recompute_stats(self) -> None:
@@ -397,6 +416,24 @@ def _block_rows(spec: KeySpec) -> int:
     return spec.chunk_len * (IMAGE_WRITE_CHUNKS if spec.is_image else 1)
 
 
+def _chunk_encoder(arr) -> Blosc | None:
+    """A numcodecs Blosc that encodes a uint8 chunk exactly as the array's codecs (bytes -> blosc)
+    do, or None when the array has other codecs (its chunks then go through zarr)."""
+    codecs = arr.metadata.codecs
+    if arr.dtype != np.uint8 or len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) \
+            or not isinstance(codecs[1], BloscCodec):
+        return None
+    blosc = codecs[1]
+    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+    return Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle[blosc.shuffle.value],
+                 blocksize=blosc.blocksize, typesize=blosc.typesize)
+
+
+def _store_chunk(path: Path, encoder: Blosc, chunk: np.ndarray) -> None:
+    """Runs on the image write pool: compress one chunk and write it atomically."""
+    zarr_local_store._put(path, default_buffer_prototype().buffer.from_bytes(encoder.encode(chunk)))
+
+
 def _lock(path: Path) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -414,8 +451,8 @@ class _KeyBuffer:
     chunk read back from disk, and is written when full (or by flush/commit, partially).
     """
 
-    def __init__(self, spec: KeySpec, arr, first_row: int):
-        self.spec, self.arr = spec, arr
+    def __init__(self, spec: KeySpec, arr, first_row: int, pool: ThreadPoolExecutor | None):
+        self.spec, self.arr, self.pool = spec, arr, pool
         self.rows = np.empty((_block_rows(spec), *spec.shape), dtype=spec.dtype)
         self.start = first_row - first_row % spec.chunk_len   # dataset row of rows[0]
         self.filled = first_row - self.start
@@ -425,6 +462,8 @@ class _KeyBuffer:
         self.written = self.filled    # rows before this are on disk
         self.stats = RunningStats.empty(spec)
         self.written_to_disk = False
+        self.encoder = _chunk_encoder(arr) if spec.is_image and pool is not None else None
+        self.in_flight: list[Future] = []  # chunk writes on the image write pool, oldest first
 
     def add(self, values: np.ndarray) -> None:
         if len(values) == 1 and self.filled + 1 < len(self.rows):  # add_step's common case
@@ -441,6 +480,8 @@ class _KeyBuffer:
                 self.write()
                 self.start += len(self.rows)
                 self.filled = self.new_from = self.written = 0
+                if self.in_flight:  # the pool still reads the old rows
+                    self.rows = np.empty_like(self.rows)
 
     def write(self) -> None:
         """Write the buffered rows not yet on disk (whole chunks unless flushing a partial one)."""
@@ -449,11 +490,36 @@ class _KeyBuffer:
         end = self.start + self.filled
         if self.arr.shape[0] < end:
             self.arr.resize((end, *self.spec.shape))
-        self.arr[self.start:end] = self.rows[: self.filled]
+        if self.encoder is None:
+            self.arr[self.start:end] = self.rows[: self.filled]
+        else:
+            self._submit_chunks()
         self.written = self.filled
         self.written_to_disk = True
-        self.stats.update(stat_samples(self.spec, self.rows[self.new_from:self.filled]))
+        self.stats.merge(rows_stats(self.spec, self.rows[self.new_from:self.filled]))
         self.new_from = self.filled
+
+    def _submit_chunks(self) -> None:
+        """Queue the chunks holding rows written:filled on the image write pool.
+
+        A partial last chunk (only from a flush, which waits for it) is padded with zeros, as
+        zarr pads chunks that reach past the array's end.
+        """
+        chunk_len = self.spec.chunk_len
+        array_dir = self.arr.store_path.store.root / self.arr.store_path.path
+        for lo in range(self.written - self.written % chunk_len, self.filled, chunk_len):
+            self.rows[self.filled:lo + chunk_len] = 0
+            key = self.arr.metadata.encode_chunk_key(((self.start + lo) // chunk_len, 0, 0, 0))
+            self.in_flight.append(self.pool.submit(
+                _store_chunk, array_dir / key, self.encoder, self.rows[lo:lo + chunk_len]))
+        self.wait(keep=IMAGE_CHUNKS_IN_FLIGHT)
+
+    def wait(self, keep: int = 0, raise_errors: bool = True) -> None:
+        """Wait until at most `keep` chunk writes are in flight; a failed write's error is raised."""
+        while len(self.in_flight) > keep:
+            error = self.in_flight.pop(0).exception()
+            if error is not None and raise_errors:
+                raise error
 
 
 class EpisodeWriter:
@@ -465,7 +531,12 @@ class EpisodeWriter:
         self.n_steps = 0
         self._last_timestamp: float | None = None
         first_row = store.n_steps
-        self._buffers = {k: _KeyBuffer(spec, store._data[k], first_row) for k, spec in store.keys.items()}
+        # A pool per episode (not per process): its threads end with the episode, and a process
+        # forked meanwhile does not inherit a pool whose threads it lacks.
+        self._pool = (ThreadPoolExecutor(IMAGE_WRITE_THREADS, thread_name_prefix="episode-store-image")
+                      if any(spec.is_image for spec in store.keys.values()) else None)
+        self._buffers = {k: _KeyBuffer(spec, store._data[k], first_row, self._pool)
+                         for k, spec in store.keys.items()}
 
     def _check_open(self) -> None:
         if self._store._writer is not self:
@@ -497,6 +568,19 @@ class EpisodeWriter:
         self._check_open()
         for buffer in self._buffers.values():
             buffer.write()
+        self._wait_for_writes(raise_errors=True)
+
+    def _wait_for_writes(self, raise_errors: bool) -> None:
+        """Wait for every queued image chunk write; raise the first failure if asked."""
+        for buffer in self._buffers.values():
+            buffer.wait(raise_errors=raise_errors)
+
+    def _end(self) -> None:
+        """Close the episode to further writes once every queued chunk write has finished."""
+        self._wait_for_writes(raise_errors=False)
+        self._store._writer = None
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def commit(self, success: bool | int | None = None) -> int:
         """Make the episode visible; returns its index. success: None (unknown), False/True."""
@@ -505,12 +589,12 @@ class EpisodeWriter:
         if self.n_steps == 0:
             raise DatasetError("cannot commit an episode without steps")
         self.flush()
-        self._store._writer = None
+        self._end()
         return self._store._commit(self, code)
 
     def discard(self) -> None:
         """Drop the episode; rows it already wrote are trimmed from disk."""
         self._check_open()
-        self._store._writer = None
+        self._end()  # trim after the last chunk write has landed
         if any(buffer.written_to_disk for buffer in self._buffers.values()):
             self._store.trim_uncommitted()
