@@ -30,16 +30,6 @@ EVAL_SEEDS = (1000, 1001)
 SMALL = (128, 128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The suite shares 2 cores with other processes; a second intra-op thread then mostly
-    # waits for a busy core (several times slower), while alone it gains only ~30% here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("agents") / "cheetah.zarr"
