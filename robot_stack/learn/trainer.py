@@ -53,7 +53,7 @@ class TrainConfig:
     guidance: float = 1.0            # lambda of policy guidance (pgd only)
     guidance_normalize: bool = False
     horizon: int = 32                # diffusion window length
-    sample_steps: int = 16           # EDM sampler steps
+    sample_steps: int = 32           # EDM sampler steps
     rollout_horizon: int = 5         # world-model rollout length
     generator: str | None = None     # a trained generator directory; else one is trained here
     generator_steps: int = 5_000     # diffusion training steps when training one here
