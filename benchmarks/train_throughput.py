@@ -259,6 +259,31 @@ def main(argv: list[str] | None = None) -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     entries = [e for e in ENTRIES if args.only.lower() in e.name.lower()]
     print_table(run(entries, args.seconds, args.rounds))
+    if not args.only:
+        print_generator_rows()
+
+
+def print_generator_rows() -> None:
+    """Diffusion training and PGD sampling at the trainer's defaults, each beside a plain
+    per-window implementation of the same computation (robot_stack.learn.generator_bench)."""
+    from robot_stack.learn.edm import DiffusionConfig
+    from robot_stack.learn.generator_bench import bench_diffusion_train, bench_guided_sampling
+    from robot_stack.learn.nets import make_normalizer
+    from robot_stack.learn.td3bc import DeterministicActor
+
+    cfg = DiffusionConfig()
+    train_rows = bench_diffusion_train(OBS_DIM, ACT_DIM, cfg, steps=10)
+    actor = DeterministicActor(make_normalizer(np.zeros(OBS_DIM), np.ones(OBS_DIM), False), ACT_DIM, (256, 256))
+    sample_rows = bench_guided_sampling(actor, OBS_DIM, ACT_DIM, cfg)
+    print(f"\ndiffusion: U-Net {train_rows[0]['params'] / 1e6:.2f}M parameters, horizon {cfg.horizon}, "
+          f"batch {cfg.batch_size}, {cfg.sample_steps} sampler steps")
+    for row in train_rows:
+        print(f"{row['name']:<62} {row['steps_per_s']:10.2f} steps/s {row['windows_per_s']:10.1f} windows/s")
+    for row in sample_rows:
+        print(f"{row['name']:<62} {row['transitions_per_s']:10.1f} transitions/s")
+    ours, plain = sample_rows[0]["transitions_per_s"], sample_rows[-1]["transitions_per_s"]
+    print(f"100k PGD-guided transitions: {100_000 / ours:.0f} s (goal <= 300 s); "
+          f"batched/plain sampling ratio {ours / plain:.1f}")
 
 
 if __name__ == "__main__":
