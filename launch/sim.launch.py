@@ -1,6 +1,7 @@
 """The sim node alone: a MuJoCo task as a ROS 2 robot.
 
     ros2 launch robot_stack sim.launch.py task:=walker-walk realtime_factor:=0.5
+    ros2 launch robot_stack sim.launch.py lockstep:=true max_episode_steps:=200
 """
 import sys
 from pathlib import Path
@@ -20,10 +21,17 @@ def generate_launch_description() -> LaunchDescription:
                               description="cheetah-run | walker-walk | hopper-hop"),
         DeclareLaunchArgument("realtime_factor", default_value="1.0",
                               description="sim seconds per wall second; 0 = as fast as possible"),
+        DeclareLaunchArgument("lockstep", default_value="false",
+                              description="step only once a command answered the last state"),
+        DeclareLaunchArgument("max_episode_steps", default_value="0",
+                              description="truncate episodes after this many steps; 0 = task's"),
         robot_stack_node("sim_node", "sim", [
             config_file("sim.yaml"),
             {"task": LaunchConfiguration("task"),
              "realtime_factor": ParameterValue(LaunchConfiguration("realtime_factor"),
-                                               value_type=float)},
+                                               value_type=float),
+             "lockstep": ParameterValue(LaunchConfiguration("lockstep"), value_type=bool),
+             "max_episode_steps": ParameterValue(LaunchConfiguration("max_episode_steps"),
+                                                 value_type=int)},
         ]),
     ])

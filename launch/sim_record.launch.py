@@ -3,6 +3,9 @@
     ros2 launch robot_stack sim_record.launch.py out:=demo.zarr
     ros2 launch launch/sim_record.launch.py out:=demo.zarr task:=walker-walk   # from a checkout
 
+The sim runs in lockstep by default: it steps only once the scripted teleop's command answered
+its last state, so every recorded (state, action) pair is one the sim applied, however loaded
+the machine (lockstep:=false lets the sim run on, holding late commands).
 Stop with Ctrl-C: the recorder commits the open episode (config/recorder.yaml on_shutdown).
 """
 import sys
@@ -29,10 +32,17 @@ def generate_launch_description() -> LaunchDescription:
                               description="cheetah-run | walker-walk | hopper-hop"),
         DeclareLaunchArgument("realtime_factor", default_value="1.0",
                               description="sim seconds per wall second"),
+        DeclareLaunchArgument("lockstep", default_value="true",
+                              description="sim steps only once a command answered its state"),
+        DeclareLaunchArgument("max_episode_steps", default_value="0",
+                              description="truncate episodes after this many steps; 0 = task's"),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(str(HERE / "sim.launch.py")),
             launch_arguments={"task": task,
-                              "realtime_factor": LaunchConfiguration("realtime_factor")}.items()),
+                              "realtime_factor": LaunchConfiguration("realtime_factor"),
+                              "lockstep": LaunchConfiguration("lockstep"),
+                              "max_episode_steps": LaunchConfiguration("max_episode_steps"),
+                              }.items()),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(str(HERE / "record.launch.py")),
             launch_arguments={"spec": spec, "out": LaunchConfiguration("out"),

@@ -3,6 +3,15 @@
 One tick of the node is one control step of the task, or one reset. Sim time advances by the
 task's control period on every tick that steps or resets, so it is monotonic across episodes
 and does not depend on how fast the host runs.
+
+Lockstep (synchronous simulation, as Gazebo's lockstep or CARLA's synchronous mode): every
+published state is answered by one command before the next tick. The node waits for the first
+valid command received after it published a tick (`awaiting_answer`), and the step applies
+exactly that command, so a controller that answers each state drives the sim with exact
+(s_t, a_t) pairs however loaded the host is. Without an answer within the node's timeout, the
+tick goes ahead with the held command and `lockstep_timeouts` counts it. The answer to an
+episode's last state is awaited too (and then dropped by the reset): otherwise it would arrive
+after the reset and be applied to the next episode's first state.
 """
 from __future__ import annotations
 
@@ -75,13 +84,22 @@ class SimRuntime:
     """
 
     def __init__(self, task, *, seed: int = 0, auto_reset: bool = True,
-                 command_timeout: float = 0.5):
+                 command_timeout: float = 0.5, max_episode_steps: int = 0,
+                 lockstep: bool = False):
         description = task.robot_description()
+        if not 0 <= max_episode_steps == int(max_episode_steps):
+            raise ConfigError(f"max_episode_steps must be an integer >= 0 (0 = the task's "
+                              f"{task.max_steps}), got {max_episode_steps}")
         self.task = task
         self.gate = CommandGate(description["action_low"], description["action_high"])
         self.seed = int(seed)
         self.auto_reset = bool(auto_reset)
         self.command_timeout = float(command_timeout)
+        self.max_episode_steps = min(int(max_episode_steps) or task.max_steps, task.max_steps)
+        self.lockstep = bool(lockstep)
+        self.awaiting_answer = False  # lockstep: the last published state is not answered yet
+        self.lockstep_timeouts = 0
+        self._answer: np.ndarray | None = None  # lockstep: the command the next step applies
         self.ticks = 0
         self.steps = 0
         self.episodes = 0
@@ -95,7 +113,16 @@ class SimRuntime:
         return self.ticks * self.task.control_dt
 
     def submit_command(self, values) -> str | None:
-        return self.gate.submit(values, self.sim_time)
+        problem = self.gate.submit(values, self.sim_time)
+        if problem is None and self.awaiting_answer:
+            # the first answer counts; later commands are only held (as without lockstep)
+            self._answer, self.awaiting_answer = self.gate.command.copy(), False
+        return problem
+
+    def answer_timed_out(self) -> None:
+        """Lockstep: no command answered the last state in time; the next tick holds."""
+        self.awaiting_answer = False
+        self.lockstep_timeouts += 1
 
     def holding(self) -> bool:
         """True when commands have stopped arriving and the last valid one is being held."""
@@ -108,14 +135,17 @@ class SimRuntime:
             return self._reset()
         if self.episode_over:
             return None
-        _, reward, terminal, truncated, _ = self.task.step(self.gate.command)
+        command = self.gate.command if self._answer is None else self._answer
+        _, reward, terminal, truncated, _ = self.task.step(command)
         self.ticks += 1
         self.steps += 1
         self.episode_step += 1
         self.episode_return += reward
+        truncated = truncated or self.episode_step >= self.max_episode_steps
         events = ["terminal"] if terminal else ["truncated"] if truncated else []
         self.episode_over = bool(terminal or truncated)
-        return Tick(*self.task.qpos_qvel(), self.sim_time, reward=float(reward), events=events)
+        return self._published(Tick(*self.task.qpos_qvel(), self.sim_time,
+                                    reward=float(reward), events=events))
 
     def _reset(self) -> Tick:
         # seed + episode index: a fixed seed gives a reproducible sequence of distinct episodes.
@@ -127,7 +157,12 @@ class SimRuntime:
         self.episode_return = 0.0
         self.episode_over = False
         self.reset_requested = False
-        return Tick(*self.task.qpos_qvel(), self.sim_time, events=["reset"])
+        return self._published(Tick(*self.task.qpos_qvel(), self.sim_time, events=["reset"]))
+
+    def _published(self, tick: Tick) -> Tick:
+        self._answer = None
+        self.awaiting_answer = self.lockstep
+        return tick
 
     def status(self) -> dict:
         age = self.gate.age(self.sim_time)
@@ -144,6 +179,8 @@ class SimRuntime:
             "rejected": self.gate.rejected,
             "command_age": None if age is None else round(age, 9),
             "holding": self.holding(),
+            "lockstep": self.lockstep,
+            "lockstep_timeouts": self.lockstep_timeouts,
             "command": self.gate.command.tolist(),
         }
 

@@ -1,17 +1,21 @@
 """Start-up and clean shutdown shared by the node entry points.
 
 rclpy.init installs rclpy's SIGINT and SIGTERM handlers, which shut the context down: spinning
-stops, `rclpy.ok()` turns false, and the node exits with status 0 and no traceback.
+stops, `rclpy.ok()` turns false, and the node exits with status 0 and no traceback. Ctrl-C under
+`ros2 launch` delivers SIGINT twice (from the terminal and from launch); once shutting down,
+further SIGINT/SIGTERM are ignored so that the second cannot interrupt the shutdown.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from typing import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import (Executor, ExternalShutdownException, MultiThreadedExecutor,
+                             SingleThreadedExecutor)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.utilities import remove_ros_args
@@ -36,26 +40,47 @@ def parameter_overrides(options: argparse.Namespace, names: dict[str, str]) -> l
             if getattr(options, attr) is not None]
 
 
-def _spin(executor: SingleThreadedExecutor) -> None:
+class _DrainingMultiThreadedExecutor(MultiThreadedExecutor):
+    """rclpy's MultiThreadedExecutor.shutdown destroys the executor's guard condition before its
+    worker threads have run the callbacks already handed to them; those then fail on it and
+    rclpy prints "exception was never retrieved" at exit. Letting them finish first avoids it."""
+
+    def shutdown(self, timeout_sec=None, *, wait_for_threads: bool = True) -> bool:
+        self._executor.shutdown(wait=True)  # the worker thread pool
+        return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
+
+
+def _spin(executor: Executor) -> None:
     try:
         executor.spin()
     except ExternalShutdownException:
         pass
+    except Exception:
+        # A shutdown under a running wait fails it (the context is gone): a normal stop.
+        if rclpy.ok():
+            raise
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_node(ros_args: list[str], make_node: Callable[[], Node],
-             main_loop: Callable[[Node], None] | None = None) -> int:
+             main_loop: Callable[[Node], None] | None = None, executor_threads: int = 1) -> int:
     """Creates the node and spins it until shutdown.
 
     With ``main_loop``, the executor spins in a background thread (subscriptions, services,
     timers) while ``main_loop(node)`` runs in the main thread; it must return once
-    ``rclpy.ok()`` is false.
+    ``rclpy.ok()`` is false. ``executor_threads`` > 1: a MultiThreadedExecutor, for nodes
+    whose callbacks in separate callback groups must not wait for each other.
     """
     rclpy.init(args=ros_args)
     node = executor = spinner = None
     try:
         node = make_node()
-        executor = SingleThreadedExecutor()
+        executor = (SingleThreadedExecutor() if executor_threads == 1
+                    else _DrainingMultiThreadedExecutor(num_threads=executor_threads))
         executor.add_node(node)
         if main_loop is None:
             executor.spin()
@@ -71,9 +96,11 @@ def run_node(ros_args: list[str], make_node: Callable[[], Node],
         if rclpy.ok():
             raise
     finally:
+        _ignore_stop_signals()
         # Order matters: the spinning thread must have left its wait before the node and the
         # executor go, or the middleware aborts the process at exit.
         rclpy.try_shutdown()
+        _ignore_stop_signals()  # try_shutdown reinstalled Python's handlers (KeyboardInterrupt)
         if spinner is not None:
             spinner.join(timeout=5.0)
         if executor is not None:
@@ -85,7 +112,7 @@ def run_node(ros_args: list[str], make_node: Callable[[], Node],
 
 def node_main(argv: list[str] | None, parser: argparse.ArgumentParser, parameters: dict[str, str],
               make_node: Callable[[list[Parameter]], Node],
-              main_loop: Callable[[Node], None] | None = None) -> int:
+              main_loop: Callable[[Node], None] | None = None, executor_threads: int = 1) -> int:
     """A node's whole `main(argv)`: its options become parameter overrides (``parameters``
     maps option attribute -> parameter name), then run_node; bad input (RobotStackError)
     is one line on stderr and exit status 2, as in the robot-stack CLI."""
@@ -93,7 +120,7 @@ def node_main(argv: list[str] | None, parser: argparse.ArgumentParser, parameter
     options, ros_args = parse_node_args(parser, argv)
     overrides = parameter_overrides(options, parameters)
     try:
-        return run_node(ros_args, lambda: make_node(overrides), main_loop)
+        return run_node(ros_args, lambda: make_node(overrides), main_loop, executor_threads)
     except RobotStackError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

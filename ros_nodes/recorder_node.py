@@ -78,7 +78,10 @@ class RecorderNode(Node):
             raise ConfigError(str(e)) from None
         atexit.register(self.settle)
 
-        for s in spec.streams.values():
+        # The executor handles the messages ready at one wake-up in subscription order. The sim
+        # publishes "reset" before the episode's first state: with the events first, that state
+        # is not taken for a pre-reset one (and its sample skipped) when both arrive together.
+        for s in sorted(spec.streams.values(), key=lambda s: s.role != "events"):
             self.create_subscription(MESSAGE_TYPES[s.msg_type], s.topic,
                                      self._callback(s.name, s.msg_type, s.role),
                                      QUEUE_DEPTH[s.msg_type])

@@ -9,7 +9,14 @@ Topics (relative names, so a namespace applies):
              /clock          rosgraph_msgs/Clock     sim time, when not real time or publish_clock
   subscribes commands        std_msgs/Float64MultiArray  one value per actuator
                              (ros2_control forward_command_controller convention)
-  service    ~/reset         std_srvs/Trigger        start a new episode at the next tick
+  service    ~/reset         std_srvs/Trigger        start a new episode at the next tick; answers
+                                                     once it has started (its own callback
+                                                     group: commands keep flowing meanwhile)
+
+With lockstep, the sim steps only once a command has answered the state it last published (up
+to lockstep_timeout wall seconds, then it holds the last command and counts lockstep_timeouts):
+a controller that answers every state then drives it with exact (state, action) pairs at any
+host load. Pacing still applies: real time by default, faster with realtime_factor.
 
 Per tick, in this order: "reset" event (reset ticks), /clock, joint_states, reward (step ticks),
 "terminal"/"truncated" event (last step of an episode). So an episode's events frame its states.
@@ -26,6 +33,7 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosgraph_msgs.msg import Clock
@@ -33,6 +41,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from robot_stack.errors import ConfigError
 from robot_stack.sim_runtime import Pacer, SimRuntime, tick_period
 from ros_nodes import convert
 from ros_nodes.node_main import node_main
@@ -45,9 +54,13 @@ PARAMETERS = {  # name: (default, description)
     "auto_reset": (True, "start a new episode after one ends"),
     "publish_clock": (False, "publish /clock even at real time (always published otherwise)"),
     "command_timeout": (0.5, "sim seconds without commands before status reports holding"),
+    "lockstep": (False, "step only after a command answered the last published state"),
+    "lockstep_timeout": (1.0, "wall seconds a lockstep tick waits for its command, then holds"),
+    "max_episode_steps": (0, "steps after which an episode is truncated; 0 = the task's limit"),
     "status_rate": (5.0, "Hz (wall) of ~/status and /diagnostics"),
 }
 WARN_THROTTLE_S = 2.0
+SHUTDOWN_CHECK_S = 0.1  # how often a lockstep wait checks for shutdown
 
 
 class SimNode(Node):
@@ -57,12 +70,22 @@ class SimNode(Node):
              for name, (default, text) in PARAMETERS.items()}
         task = make_task(p["task"])
         self.runtime = SimRuntime(task, seed=p["seed"], auto_reset=p["auto_reset"],
-                                  command_timeout=p["command_timeout"])
-        self.pacer = Pacer(tick_period(task.control_dt, p["realtime_factor"]))
+                                  command_timeout=p["command_timeout"],
+                                  max_episode_steps=p["max_episode_steps"],
+                                  lockstep=p["lockstep"])
+        # Lockstep: time spent waiting for the controller is not caught up on by a burst of
+        # ticks, each of which would leave the controller (and recorders) no time.
+        self.pacer = Pacer(tick_period(task.control_dt, p["realtime_factor"]),
+                           max_lag=0 if p["lockstep"] else 5)
         self.use_sim_stamps = p["publish_clock"] or p["realtime_factor"] != 1.0
         self.status_period = 1.0 / p["status_rate"]
+        self.next_status = time.monotonic()
+        self.lockstep_timeout = p["lockstep_timeout"]
+        if not self.lockstep_timeout > 0:
+            raise ConfigError(f"lockstep_timeout must be > 0 s, got {self.lockstep_timeout}")
         self.lock = threading.Lock()  # runtime is shared by the tick loop and the callbacks
         self.reset_done = threading.Condition(self.lock)
+        self.answered = threading.Condition(self.lock)  # lockstep: a command answered the state
 
         self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
         self.reward_pub = self.create_publisher(Float64, "reward", 10)
@@ -72,14 +95,20 @@ class SimNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.use_sim_stamps else None
         self.create_subscription(Float64MultiArray, "commands", self.on_command, 10)
-        self.create_service(Trigger, "~/reset", self.on_reset)
+        # The reset callback waits for the tick loop; in a group of its own (and with a
+        # multi-threaded executor, see main) commands are still taken meanwhile.
+        self.create_service(Trigger, "~/reset", self.on_reset,
+                            callback_group=ReentrantCallbackGroup())
         self.get_logger().info(
             f"{task.name}: {task.act_dim} actions, {1 / task.control_dt:g} Hz, "
-            f"realtime_factor {p['realtime_factor']:g}, auto_reset {p['auto_reset']}")
+            f"realtime_factor {p['realtime_factor']:g}, auto_reset {p['auto_reset']}, "
+            f"lockstep {p['lockstep']}, episodes of at most {self.runtime.max_episode_steps} "
+            "steps")
 
     def on_command(self, msg: Float64MultiArray) -> None:
         with self.lock:
             problem = self.runtime.submit_command(convert.command_array(msg))
+            self.answered.notify_all()
         if problem:
             self.get_logger().warning(f"rejected command: {problem}",
                                       throttle_duration_sec=WARN_THROTTLE_S)
@@ -89,14 +118,17 @@ class SimNode(Node):
             episodes = self.runtime.episodes
             self.runtime.reset_requested = True
             # The tick loop performs the reset so that all publishing keeps the per-tick order.
+            # lockstep: the tick loop first waits for the answer to its last state
+            timeout = max(1.0, 10 * self.pacer.period) + (
+                self.lockstep_timeout if self.runtime.lockstep else 0.0)
             response.success = self.reset_done.wait_for(
-                lambda: self.runtime.episodes > episodes, timeout=max(1.0, 10 * self.pacer.period))
+                lambda: self.runtime.episodes > episodes, timeout=timeout)
         response.message = "new episode started" if response.success else "reset still pending"
         return response
 
     def run(self) -> None:
-        next_status = time.monotonic()
         while rclpy.ok():
+            self.wait_for_answer()
             self.pacer.wait()
             with self.lock:
                 tick = self.runtime.tick()
@@ -104,11 +136,24 @@ class SimNode(Node):
                     self.publish_tick(tick)
                     if "reset" in tick.events:
                         self.reset_done.notify_all()
-                if time.monotonic() >= next_status:
-                    next_status = time.monotonic() + self.status_period
-                    self.publish_status(self.runtime.status())
+                self.publish_status_when_due()
             if tick is None:  # idle after an episode ended: wait for a reset request
                 time.sleep(self.pacer.period or 0.001)
+
+    def wait_for_answer(self) -> None:
+        """Lockstep: waits until a command answered the last published state, or times out."""
+        deadline = time.monotonic() + self.lockstep_timeout
+        with self.lock:
+            while self.runtime.awaiting_answer and rclpy.ok():
+                self.publish_status_when_due()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.runtime.answer_timed_out()
+                    self.get_logger().warning(
+                        f"lockstep: no command within {self.lockstep_timeout:g} s, holding the "
+                        "last one", throttle_duration_sec=WARN_THROTTLE_S)
+                    return
+                self.answered.wait(min(left, SHUTDOWN_CHECK_S))
 
     def publish_tick(self, tick) -> None:
         stamp = (convert.time_msg(tick.sim_time) if self.use_sim_stamps
@@ -124,6 +169,11 @@ class SimNode(Node):
         for event in tick.events:
             if event != "reset":
                 self.event_pub.publish(String(data=event))
+
+    def publish_status_when_due(self) -> None:
+        if time.monotonic() >= self.next_status:
+            self.next_status = time.monotonic() + self.status_period
+            self.publish_status(self.runtime.status())
 
     def publish_status(self, status: dict) -> None:
         self.status_pub.publish(convert.status_msg(status))
@@ -150,12 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start a new episode when one ends (default on)")
     parser.add_argument("--publish-clock", action="store_true", default=None,
                         help="publish /clock even at real time")
+    parser.add_argument("--lockstep", action=argparse.BooleanOptionalAction, default=None,
+                        help="step only once a command answered the last published state "
+                        "(synchronous simulation: exact state/action pairs; default off)")
+    parser.add_argument("--lockstep-timeout", type=float,
+                        help="wall seconds a lockstep tick waits for its command before holding "
+                        "the last one (default 1)")
+    parser.add_argument("--max-episode-steps", type=int,
+                        help="truncate episodes after this many steps (default: the task's, 1000)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = ("task", "seed", "realtime_factor", "auto_reset", "publish_clock")
-    return node_main(argv, build_parser(), {name: name for name in options}, SimNode, SimNode.run)
+    options = ("task", "seed", "realtime_factor", "auto_reset", "publish_clock", "lockstep",
+               "lockstep_timeout", "max_episode_steps")
+    # two executor threads: the ~/reset callback waits for the tick loop while commands go on
+    return node_main(argv, build_parser(), {name: name for name in options}, SimNode, SimNode.run,
+                     executor_threads=2)
 
 
 if __name__ == "__main__":

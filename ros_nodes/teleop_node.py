@@ -22,8 +22,6 @@ import sys
 import termios
 import time
 import tty
-from pathlib import Path
-
 import numpy as np
 import rclpy
 from rclpy.node import Node
@@ -32,6 +30,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
 from robot_stack.errors import ConfigError
+from robot_stack.package_config import config_file
 from robot_stack.spec import JOINT_STATE, MalformedMessage, load_spec, stream_name
 from robot_stack.teleop import (DISCARD, START, STOP_FAILURE, STOP_SUCCESS, CallablePolicy,
                                 JoyMapping, JoyTeleop, KeyboardMapping, KeyboardTeleop,
@@ -39,13 +38,13 @@ from robot_stack.teleop import (DISCARD, START, STOP_FAILURE, STOP_SUCCESS, Call
 from ros_nodes import convert
 from ros_nodes.node_main import node_main
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 SOURCES = ("keyboard", "joy", "scripted")
 PARAMETERS = {
     "source": "keyboard",
     "task": "cheetah-run",  # scripted source: the sim/ task of the policy
     "spec": "",  # robot spec YAML (action size and bounds, observation); default from task
-    "mapping": "",  # keyboard or joy YAML; default config/teleop_keyboard.yaml, joy_xbox.yaml
+    "mapping": "",  # keyboard or joy YAML; default teleop_keyboard.yaml, joy_xbox.yaml from
+    # the package's config files (robot_stack/package_config.py)
     "policy": "scripted",  # scripted source: scripted | random | package.module:factory
     "noise": 0.3,  # std of Gaussian action noise of the scripted source
     "seed": 0,
@@ -70,7 +69,7 @@ class TeleopNode(Node):
         # The robot spec gives the action size and bounds, and builds the observation exactly
         # as the recorder does.
         domain = p["task"].split("-")[0]
-        self.spec = load_spec(p["spec"] or CONFIG_DIR / f"robot_{domain}_sim.yaml")
+        self.spec = load_spec(p["spec"] or config_file(f"robot_{domain}_sim.yaml"))
         act_dim, low, high = self.spec.act_dim, self.spec.action.low, self.spec.action.high
         self.source = p["source"]
         self.command_pub = self.create_publisher(Float64MultiArray, self.spec.action.topic, 10)
@@ -79,14 +78,14 @@ class TeleopNode(Node):
         self.period = 1.0 / p["publish_rate"]
 
         if self.source == "keyboard":
-            mapping = KeyboardMapping.from_yaml(p["mapping"] or CONFIG_DIR / "teleop_keyboard.yaml")
+            mapping = KeyboardMapping.from_yaml(p["mapping"] or config_file("teleop_keyboard.yaml"))
             self.device = KeyboardTeleop(mapping, act_dim, low, high)
             if not os.isatty(sys.stdin.fileno()):
                 raise ConfigError("the keyboard source reads keys from a terminal: run it in one "
                                   "(stdin is not a tty)")
             print(mapping.help_text(act_dim), file=sys.stderr)
         elif self.source == "joy":
-            mapping = JoyMapping.from_yaml(p["mapping"] or CONFIG_DIR / "joy_xbox.yaml")
+            mapping = JoyMapping.from_yaml(p["mapping"] or config_file("joy_xbox.yaml"))
             self.device = JoyTeleop(mapping, act_dim, low, high)
             self.create_subscription(Joy, "joy", self.on_joy, 10)
             self.create_timer(self.period, self.publish_action)

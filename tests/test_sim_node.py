@@ -64,6 +64,46 @@ def test_runtime_seeds_episodes_reproducibly():
     assert not np.array_equal(first_a.qpos, second_a.qpos)
 
 
+def test_runtime_truncates_at_max_episode_steps():
+    runtime = SimRuntime(make_task("cheetah-run"), max_episode_steps=5)
+    events = [runtime.tick().events for _ in range(8)]
+    assert events == [["reset"], [], [], [], [], ["truncated"], ["reset"], []]
+    with pytest.raises(ConfigError, match="max_episode_steps"):
+        SimRuntime(make_task("cheetah-run"), max_episode_steps=-1)
+
+
+def test_runtime_lockstep_applies_the_first_answer_to_each_state():
+    task, reference = make_task("cheetah-run"), make_task("cheetah-run")
+    runtime = SimRuntime(task, seed=2, lockstep=True, max_episode_steps=3)
+    first = runtime.tick()
+    state = reference.reset(seed=2)[0]
+    assert runtime.awaiting_answer  # published: waiting for the command that answers it
+    runtime.submit_command([0.5] * 6)
+    runtime.submit_command([-0.5] * 6)  # a second command before the step is only held
+    assert not runtime.awaiting_answer
+    tick = runtime.tick()
+    state, _ = reference.step_from(state, np.full(6, 0.5))
+    # (step_from starts from root x = 0: equal up to rounding)
+    np.testing.assert_allclose(task.get_state(), state, rtol=0, atol=1e-9)
+    assert runtime.awaiting_answer and tick.sim_time > first.sim_time
+    runtime.answer_timed_out()  # no answer in time: the held command is applied
+    runtime.tick()
+    state, _ = reference.step_from(state, np.full(6, -0.5))
+    np.testing.assert_allclose(task.get_state(), state, rtol=0, atol=1e-9)
+    assert runtime.lockstep_timeouts == 1 and runtime.status()["lockstep_timeouts"] == 1
+    runtime.submit_command([0.1] * 6)
+    assert runtime.tick().events == ["truncated"]
+    assert runtime.awaiting_answer  # the last state is answered too, before the reset
+    runtime.submit_command([0.2] * 6)
+    assert runtime.tick().events == ["reset"] and runtime.gate.command.tolist() == [0.0] * 6
+
+
+def test_runtime_without_lockstep_never_waits():
+    runtime = SimRuntime(make_task("cheetah-run"))
+    runtime.tick()
+    assert not runtime.awaiting_answer
+
+
 class FakeClock:
     """Stands in for time.monotonic/time.sleep so the schedule can be checked exactly."""
 
@@ -213,6 +253,52 @@ def test_sim_without_auto_reset_waits_for_the_reset_service(ros):
     assert probe.call(Trigger, "/sim/reset", Trigger.Request()).success
     s = wait_status(probe, status, sim, lambda s: s["episodes"] == 2, "the second episode")
     assert sim.stop() == 0, sim.output()
+
+
+def test_lockstep_sim_waits_for_commands_and_resets_while_taking_them(ros):
+    probe, start = ros
+    status = probe.collect(String, "/sim/status", latched=True)
+    states = probe.collect(JointState, "joint_states")
+    commands = probe.node.create_publisher(Float64MultiArray, "commands", 10)
+    # No command within 60 s would time out: until the probe answers, the sim does not step.
+    sim = start("sim", "serve", "--lockstep", "--lockstep-timeout", "60", "--publish-clock")
+    probe.spin_until(lambda: commands.get_subscription_count() > 0 and status, 30,
+                     "the sim's subscription and status", sim)
+    probe.spin_for(0.5)
+    assert last_status(status)["steps"] == 0
+    for answered in range(1, 4):  # each command answers the last state: one step each
+        commands.publish(Float64MultiArray(data=[0.5] * 6))
+        wait_status(probe, status, sim, lambda s: s["steps"] == answered, f"step {answered}")
+    probe.spin_for(0.5)
+    assert last_status(status)["steps"] == 3
+    # ~/reset waits for the tick loop, which waits for the answer to its last state: the answer
+    # must still be taken meanwhile (a reset blocking the executor would wait 60 s for it).
+    client = probe.node.create_client(Trigger, "/sim/reset")
+    probe.spin_until(client.service_is_ready, 20, "the reset service", sim)
+    reply = client.call_async(Trigger.Request())
+    probe.spin_for(0.3)
+    commands.publish(Float64MultiArray(data=[0.5] * 6))
+    probe.spin_until(reply.done, 20, "the reset's reply", sim)
+    assert reply.result().success, reply.result().message
+    s = wait_status(probe, status, sim, lambda s: s["episodes"] == 2, "the second episode")
+    assert s["lockstep_timeouts"] == 0 and s["steps"] == 3
+    stamps = [m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in states]
+    assert np.allclose(np.diff(stamps), 0.01)  # one state per tick, none skipped
+    assert sim.stop() == 0, sim.output()
+
+
+def test_sim_and_teleop_exit_cleanly_on_a_double_sigint(ros):
+    # Ctrl-C under ros2 launch: SIGINT from the terminal, then another from launch.
+    probe, start = ros
+    commands = probe.collect(Float64MultiArray, "commands")
+    nodes = [start("sim", "serve", "--lockstep"), start("teleop", "--source", "scripted")]
+    probe.spin_until(lambda: len(commands) > 20, 60, "the teleop driving the sim", nodes[0])
+    for node in nodes:
+        node.proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)  # the second arrives while the first shuts the node down
+    for node in nodes:
+        assert node.stop(signal.SIGINT) == 0, node.output()
+        assert "Traceback" not in node.output() and "exception" not in node.output()
 
 
 def test_sim_rejects_an_unknown_task(ros):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from robot_stack.errors import ConfigError
+from robot_stack.package_config import config_file
 from robot_stack.teleop import (DISCARD, START, STOP_FAILURE, STOP_SUCCESS, CallablePolicy,
                                 JoyMapping, JoyTeleop, KeyboardMapping, KeyboardTeleop,
                                 load_policy_factory)
@@ -136,6 +137,24 @@ def test_mapping_file_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("axes: [")
     with pytest.raises(ConfigError, match="not valid YAML"):
         JoyMapping.from_yaml(tmp_path / "bad.yaml")
+
+
+# ----- shipped config files -----
+
+def test_config_files_are_found_in_the_checkout_or_the_installed_share_dir(tmp_path,
+                                                                           monkeypatch):
+    assert config_file("teleop_keyboard.yaml") == CONFIG / "teleop_keyboard.yaml"
+    # An installed package: share/robot_stack/config under a prefix in the ament index.
+    (tmp_path / "share/ament_index/resource_index/packages").mkdir(parents=True)
+    (tmp_path / "share/ament_index/resource_index/packages/robot_stack").touch()
+    installed = tmp_path / "share/robot_stack/config"
+    installed.mkdir(parents=True)
+    (installed / "joy_installed.yaml").write_text("axes: {}\n")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
+    assert config_file("joy_installed.yaml") == installed / "joy_installed.yaml"
+    with pytest.raises(ConfigError, match=r"'robot_foo_sim.yaml' not found; looked in .*"
+                       + str(installed)):
+        config_file("robot_foo_sim.yaml")
 
 
 # ----- saved-policy hook -----
