@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+from launch.substitutions import PythonExpression
 from launch_ros.actions import Node
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -16,6 +17,13 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 def config_file(name: str) -> str:
     return str(CONFIG_DIR / name)
+
+
+def task_spec_file(task) -> PythonExpression:
+    """The robot spec of a sim task (a launch substitution): config/robot_<domain>_sim.yaml,
+    domain = the task name before "-"."""
+    return PythonExpression(["'", str(CONFIG_DIR), "/robot_' + '", task,
+                             "'.split('-')[0] + '_sim.yaml'"])
 
 
 def robot_stack_node(executable: str, name: str, parameters: list, **kwargs) -> Node:

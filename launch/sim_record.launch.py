@@ -14,18 +14,16 @@ from pathlib import Path
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch.substitutions import LaunchConfiguration
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from robot_stack_nodes import CONFIG_DIR  # noqa: E402
+from robot_stack_nodes import task_spec_file  # noqa: E402
 
 
 def generate_launch_description() -> LaunchDescription:
     task = LaunchConfiguration("task")
-    # robot spec of the task: config/robot_<domain>_sim.yaml, domain = task name before "-"
-    spec = PythonExpression(["'", str(CONFIG_DIR), "/robot_' + '", task,
-                             "'.split('-')[0] + '_sim.yaml'"])
+    spec = task_spec_file(task)
     return LaunchDescription([
         DeclareLaunchArgument("out", description="episode store path (created or appended to)"),
         DeclareLaunchArgument("task", default_value="cheetah-run",

@@ -124,6 +124,28 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from robot_stack.deploy.export import export_policy
+
+    result = export_policy(args.run, args.out, dataset=args.dataset, samples=args.parity_samples)
+    print(f"exported {result['path']} (parity: max |torch - onnxruntime| = "
+          f"{result['parity_max_abs_diff']:.2e} over {result['parity_samples']} dataset observations)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from robot_stack.deploy.evaluate import evaluate_onnx
+
+    result = evaluate_onnx(args.policy, args.task, args.episodes, seed=args.seed, provider=args.provider)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.policy} on {args.task} ({result['provider']}): mean return {result['mean_return']:.1f} "
+              f"+- {result['std_return']:.1f} over {args.episodes} episodes, "
+              f"normalised {result['normalized_return']:.1f}")
+    return 0
+
+
 # Verbs that start a ROS 2 node: their arguments go untouched to the node's own `main(argv)`,
 # which parses them (and answers --help), so the CLI and `ros2 run` share one option set.
 NODE_VERBS = {
@@ -249,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--json", action="store_true", help="print one JSON object")
     val.add_argument("--plot", metavar="FILE", help="PNG of error against horizon")
     val.set_defaults(func=_validate)
+
+    export = verbs.add_parser("export", help="export a run's policy to ONNX, parity-checked")
+    export.add_argument("run", help="training run folder")
+    export.add_argument("--out", required=True, help="ONNX file to write")
+    export.add_argument("--dataset", help="dataset for the parity check (default: the run's)")
+    export.add_argument("--parity-samples", type=int, default=1000)
+    export.set_defaults(func=_export)
+
+    evaluate = verbs.add_parser("eval", help="evaluate an ONNX policy in a MuJoCo task (no ROS)")
+    evaluate.add_argument("--policy", required=True, help="ONNX file from robot-stack export")
+    evaluate.add_argument("--task", required=True)
+    evaluate.add_argument("--episodes", type=int, default=5)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--provider", default="auto", help="auto | tensorrt | cuda | cpu")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=_eval)
 
     for words, (_, text) in NODE_VERBS.items():
         if len(words) == 1:

@@ -33,7 +33,8 @@ def dataset(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("verb", [[], ["sim"], ["sim", "collect"], ["sim", "serve"], ["data"],
                                   ["data", "info"], ["data", "check"], ["teleop"], ["record"],
-                                  ["train"], ["train-generator"], ["generate"], ["validate"]])
+                                  ["train"], ["train-generator"], ["generate"], ["validate"],
+                                  ["export"], ["eval"], ["deploy"]])
 def test_every_verb_has_help(verb):
     proc = run(*verb, "--help")
     assert "usage" in proc.stdout.lower()
@@ -110,3 +111,19 @@ def test_validate_separates_true_from_corrupted_dynamics(dataset, tmp_path):
     assert clean["dynamics_mse"] < 1e-8 < noisy["dynamics_mse"]
     assert len(clean["by_horizon"]) == 99 and noisy["generator"] == "noise"
     assert plot.stat().st_size > 0
+
+
+def test_export_and_eval_verbs(dataset, tmp_path):
+    run_dir, policy = tmp_path / "run", tmp_path / "policy.onnx"
+    run("train", "--dataset", dataset, "--out", str(run_dir), "--steps", "50", "--eval-every", "1000",
+        "--eval-episodes", "1", "--quiet")
+    assert "parity" in run("export", str(run_dir), "--out", str(policy)).stdout
+    result = json.loads(run("eval", "--policy", str(policy), "--task", "cheetah-run", "--episodes", "1",
+                            "--json").stdout)
+    assert result["episodes"] == 1 and np.isfinite(result["mean_return"])
+    assert result["normalized_return"] == pytest.approx(
+        100 * (result["mean_return"] - 3.47) / (918.2 - 3.47))
+    wrong = run("eval", "--policy", str(policy), "--task", "hopper-hop", "--json", check=False)
+    errors = [line for line in wrong.stderr.splitlines() if line.startswith("robot-stack: error:")]
+    assert wrong.returncode == 2 and len(errors) == 1 and "Traceback" not in wrong.stderr
+    assert "observation size: model 17, robot 13" in errors[0]

@@ -1,0 +1,353 @@
+"""Running an exported policy on a robot, without ROS: the ONNX session, the model's metadata
+checked against the robot, and the safety logic between the policy and the actuators.
+
+    policy = OnnxPolicy("policy.onnx", provider="auto")      # logs the provider in use
+    check_compatible(policy.metadata, spec.robot_description(), "config/robot_cheetah_sim.yaml")
+    runner = PolicyRunner(policy, policy.metadata.action_low, policy.metadata.action_high,
+                          SafetyConfig(stale_timeout_s=0.1, safe_action="hold"))
+    runner.observe(obs)            # on every observation
+    command = runner.step()        # once per control tick: always an action within bounds
+
+Every tick returns an action: the policy's (clipped, optionally rate limited) or the safe action
+(hold the last command, or zero clipped to the bounds) when the controller is disabled or
+e-stopped, the observation is missing, stale or not finite, or the policy output is not finite.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from robot_stack.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The exported graph's interface (robot_stack/deploy/export.py writes it).
+INPUT_NAME = "observation"
+OUTPUT_NAME = "action"
+FORMAT_VERSION = 1
+
+TENSORRT, CUDA, CPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                       "CPUExecutionProvider")
+ORT_DEFAULT_LOG_SEVERITY = 2  # warnings and above
+SAFE_ACTIONS = ("hold", "zero")
+# Reasons for a safe action, as counted in PolicyRunner.safe_actions.
+DISABLED, ESTOP, NO_OBSERVATION, STALE, BAD_OBSERVATION, BAD_OUTPUT = (
+    "disabled", "estop", "no_observation", "stale_observation", "bad_observation", "bad_output")
+
+
+# ----- the model and its metadata -----
+
+@dataclass(frozen=True)
+class PolicyMetadata:
+    task: str
+    obs_dim: int
+    act_dim: int
+    observation_layout: list
+    joint_names: list
+    action_low: np.ndarray
+    action_high: np.ndarray
+    control_rate_hz: float
+    training_run: str
+    dataset: str
+    dataset_fingerprint: str
+    raw: dict  # every metadata entry, decoded
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], origin: str) -> "PolicyMetadata":
+        try:
+            raw = {k: json.loads(v) for k, v in props.items()}
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{origin}: metadata is not JSON-encoded ({e})") from None
+        if raw.get("robot_stack_format") != FORMAT_VERSION:
+            raise ConfigError(f"{origin} is not a robot_stack policy export (metadata format "
+                              f"{raw.get('robot_stack_format')!r}, expected {FORMAT_VERSION}); "
+                              "export it with `robot-stack export`")
+        try:
+            return cls(raw["task"], int(raw["obs_dim"]), int(raw["act_dim"]),
+                       raw["observation_layout"], raw["joint_names"],
+                       np.asarray(raw["action_low"], np.float64),
+                       np.asarray(raw["action_high"], np.float64), float(raw["control_rate_hz"]),
+                       raw["training_run"], raw["dataset"], raw["dataset_fingerprint"], raw)
+        except KeyError as e:
+            raise ConfigError(f"{origin}: metadata lacks {e}") from None
+
+
+def check_compatible(metadata: PolicyMetadata, robot: dict, robot_origin: str) -> None:
+    """Raises one ConfigError listing every difference between the model and the robot
+    description (RobotSpec.robot_description() or a sim task's) that would make the policy see
+    a different observation or drive different actuators."""
+    problems = []
+    layout = robot["observation_layout"]
+    obs_dim = sum(int(p["size"]) for p in layout)
+    if obs_dim != metadata.obs_dim:
+        problems.append(f"observation size: model {metadata.obs_dim}, robot {obs_dim}")
+    if [(p["name"], int(p["size"])) for p in layout] != [
+            (p["name"], int(p["size"])) for p in metadata.observation_layout]:
+        problems.append("observation layout: model " + _layout_text(metadata.observation_layout)
+                        + ", robot " + _layout_text(layout))
+    joints = list(robot.get("joint_names", []))
+    if metadata.joint_names and joints and joints != list(metadata.joint_names):
+        problems.append(f"joint names: model {metadata.joint_names}, robot {joints}")
+    low, high = (np.asarray(robot[k], np.float64) for k in ("action_low", "action_high"))
+    if low.shape != (metadata.act_dim,):
+        problems.append(f"action size: model {metadata.act_dim}, robot {low.size}")
+    elif not (np.allclose(low, metadata.action_low) and np.allclose(high, metadata.action_high)):
+        problems.append(f"action bounds: model low {metadata.action_low.tolist()} high "
+                        f"{metadata.action_high.tolist()}, robot low {low.tolist()} high "
+                        f"{high.tolist()}")
+    if problems:
+        raise ConfigError(f"policy (task {metadata.task}, trained on {metadata.dataset}) does not "
+                          f"match {robot_origin}: " + "; ".join(problems))
+
+
+def _layout_text(layout: list) -> str:
+    return "[" + ", ".join(f"{p['name']}({p['size']})" for p in layout) + "]"
+
+
+PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
+
+
+def choose_providers(provider: str, available: list[str]) -> list[str]:
+    """The execution providers to ask for, best first, among those installed.
+
+    auto: CUDA, then CPU. tensorrt: TensorRT, CUDA, CPU (only on request: engine builds take
+    minutes). onnxruntime falls back along the list when a provider fails to load.
+    """
+    if provider not in PROVIDERS:
+        raise ConfigError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+    wanted = {"auto": [CUDA, CPU], "tensorrt": [TENSORRT, CUDA, CPU], "cuda": [CUDA, CPU],
+              "cpu": [CPU]}[provider]
+    return [p for p in wanted if p in available] or [CPU]
+
+
+class OnnxPolicy:
+    """An exported policy: float observation(s) -> action(s) in robot units, float64."""
+
+    def __init__(self, path: str | Path, *, provider: str = "auto", warmup: int = 20,
+                 threads: int = 1):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"policy file {path} does not exist")
+        options = ort.SessionOptions()
+        # One small MLP per tick: a thread pool only adds wake-up latency and jitter.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        requested = choose_providers(provider, ort.get_available_providers())
+        # onnxruntime logs a multi-line error when a provider's libraries are missing (CUDA
+        # without the CUDA libraries); the fallback is reported below as one warning instead.
+        ort.set_default_logger_severity(4)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=requested)
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+            raise ConfigError(f"cannot load policy {path}: {e}") from None
+        finally:
+            ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
+        self.provider = self.session.get_providers()[0]
+        self.fell_back = self.provider != requested[0]
+        (log.warning if self.fell_back else log.info)(
+            "policy %s runs on %s (asked for %s)", path, self.provider, ", ".join(requested))
+        self.metadata = PolicyMetadata.from_props(
+            self.session.get_modelmeta().custom_metadata_map, str(path))
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+            raise ConfigError(f"{path}: expected input {INPUT_NAME!r} and output "
+                              f"{OUTPUT_NAME!r}, got {[i.name for i in inputs]} -> "
+                              f"{[o.name for o in outputs]}")
+        self._buffer = np.zeros((1, self.metadata.obs_dim), np.float32)
+        for _ in range(warmup):  # first runs allocate and (on GPU EPs) build kernels
+            self(self._buffer[0])
+
+    def __call__(self, observation: np.ndarray) -> np.ndarray:
+        """(obs_dim,) -> (act_dim,) or (B, obs_dim) -> (B, act_dim)."""
+        obs = np.asarray(observation, dtype=np.float32)
+        single = obs.ndim == 1
+        batch = obs.reshape(1, -1) if single else obs
+        if batch.shape[1] != self.metadata.obs_dim:
+            raise ValueError(f"observation has {batch.shape[1]} values, the policy takes "
+                             f"{self.metadata.obs_dim}")
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0].astype(np.float64)
+        return out[0] if single else out
+
+
+# ----- safety between the policy and the actuators -----
+
+@dataclass
+class SafetyConfig:
+    stale_timeout_s: float = 0.1     # an observation older than this gives the safe action
+    safe_action: str = "hold"        # hold the last command, or zero (clipped to the bounds)
+    max_delta: float | None = None   # largest change of any command value per tick, or None
+
+    def validate(self) -> None:
+        if self.safe_action not in SAFE_ACTIONS:
+            raise ConfigError(f"safe_action must be one of {SAFE_ACTIONS}, got "
+                              f"{self.safe_action!r}")
+        if not self.stale_timeout_s > 0:
+            raise ConfigError(f"stale_timeout_s must be > 0, got {self.stale_timeout_s}")
+        if self.max_delta is not None and not self.max_delta > 0:
+            raise ConfigError(f"max_delta must be > 0 or None, got {self.max_delta}")
+
+
+class LatencyStats:
+    """Durations of the last `window` events, summarised as p50/p99/max in milliseconds."""
+
+    def __init__(self, window: int = 10_000):
+        self._values = np.zeros(window)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self._values[self.count % len(self._values)] = seconds
+        self.count += 1
+
+    def summary(self) -> dict:
+        values = self._values[:min(self.count, len(self._values))] * 1e3
+        if not len(values):
+            return {"count": 0}
+        p50, p99 = np.percentile(values, [50, 99])
+        return {"count": self.count, "p50_ms": round(float(p50), 4),
+                "p99_ms": round(float(p99), 4), "max_ms": round(float(values.max()), 4)}
+
+
+class PolicyRunner:
+    """Turns observations into commands each tick, falling back to the safe action.
+
+    Not thread-safe by itself: the caller serialises observe/step/enable/estop (one lock).
+    """
+
+    def __init__(self, policy: Callable[[np.ndarray], np.ndarray], action_low, action_high,
+                 config: SafetyConfig, clock: Callable[[], float] = time.monotonic):
+        config.validate()
+        self.policy, self.config, self.clock = policy, config, clock
+        self.low = np.asarray(action_low, np.float64)
+        self.high = np.asarray(action_high, np.float64)
+        self.zero = np.clip(np.zeros_like(self.low), self.low, self.high)
+        self.last_command = self.zero.copy()
+        self.enabled = True
+        self.estopped = False
+        self.observation: np.ndarray | None = None
+        self.observation_time: float | None = None
+        self.observation_problem: str | None = None
+        self.ticks = 0
+        self.policy_actions = 0
+        self.clipped = 0
+        self.rate_limited = 0
+        self.safe_actions: Counter = Counter()
+        self.last_reason: str | None = NO_OBSERVATION
+        self.inference = LatencyStats()
+        self.loop = LatencyStats()
+
+    # ----- inputs -----
+    def observe(self, observation: np.ndarray | None, problem: str | None = None,
+                now: float | None = None) -> None:
+        """The newest observation, or `problem` when the message could not make one."""
+        self.observation_time = self.clock() if now is None else now
+        self.observation = None if observation is None else np.asarray(observation)
+        self.observation_problem = problem
+
+    def set_enabled(self, enabled: bool) -> str:
+        """Enabling clears a latched e-stop: it is the explicit operator action that may."""
+        if enabled and self.estopped:
+            self.estopped = False
+            self.enabled = True
+            return "e-stop cleared, enabled"
+        self.enabled = bool(enabled)
+        return "enabled" if enabled else "disabled"
+
+    def estop(self) -> None:
+        """Latches until reset_estop() or set_enabled(True)."""
+        self.estopped = True
+
+    def reset_estop(self) -> bool:
+        """Clears the latch; returns whether one was set. Does not change enabled."""
+        was, self.estopped = self.estopped, False
+        return was
+
+    # ----- the tick -----
+    def step(self, now: float | None = None) -> np.ndarray:
+        """The command for this tick (float64, within bounds). Never raises for bad data."""
+        now = self.clock() if now is None else now
+        self.ticks += 1
+        reason = self._blocked(now)
+        if reason is None:
+            start = time.perf_counter()
+            raw = np.asarray(self.policy(self.observation), np.float64)
+            self.inference.add(time.perf_counter() - start)
+            if raw.shape != self.low.shape or not np.isfinite(raw).all():
+                reason = BAD_OUTPUT
+        if reason is not None:
+            return self._safe(reason)
+        command = np.clip(raw, self.low, self.high)
+        if not np.array_equal(command, raw):
+            self.clipped += 1
+        if self.config.max_delta is not None:
+            limited = np.clip(command, self.last_command - self.config.max_delta,
+                              self.last_command + self.config.max_delta)
+            if not np.array_equal(limited, command):
+                self.rate_limited += 1
+            command = limited
+        self.policy_actions += 1
+        self.last_reason = None
+        self.last_command = command
+        return command
+
+    def _blocked(self, now: float) -> str | None:
+        if self.estopped:
+            return ESTOP
+        if not self.enabled:
+            return DISABLED
+        if self.observation_time is None:
+            return NO_OBSERVATION
+        if now - self.observation_time > self.config.stale_timeout_s:
+            return STALE
+        if self.observation is None or not np.isfinite(self.observation).all():
+            return BAD_OBSERVATION
+        return None
+
+    def _safe(self, reason: str) -> np.ndarray:
+        # Not rate limited: a stop must take effect within this tick.
+        self.safe_actions[reason] += 1
+        self.last_reason = reason
+        if self.config.safe_action == "zero":
+            self.last_command = self.zero.copy()
+        return self.last_command.copy()
+
+    def status(self) -> dict:
+        return {
+            "enabled": self.enabled,
+            "estop": self.estopped,
+            "state": ("estop" if self.estopped else "disabled" if not self.enabled
+                      else "safe:" + self.last_reason if self.last_reason else "running"),
+            "ticks": self.ticks,
+            "policy_actions": self.policy_actions,
+            "safe_actions": dict(self.safe_actions),
+            "safe_actions_total": sum(self.safe_actions.values()),
+            "observation_problem": self.observation_problem,
+            "clipped": self.clipped,
+            "rate_limited": self.rate_limited,
+            "inference": self.inference.summary(),
+            "loop": self.loop.summary(),
+            "command": self.last_command.tolist(),
+        }
+
+
+class TickMonitor:
+    """Counts control ticks that came later than one period after the previous one."""
+
+    def __init__(self, period: float):
+        self.period = period
+        self.missed = 0
+        self._last: float | None = None
+
+    def tick(self, now: float) -> None:
+        if self._last is not None:
+            # A gap of k periods means k - 1 ticks never ran; half a period is the tolerance.
+            self.missed += max(0, int((now - self._last) / self.period + 0.5) - 1)
+        self._last = now

@@ -1,0 +1,242 @@
+"""The policy node (`policy`): drives a robot with an exported ONNX policy.
+
+Topics (relative names, so a namespace applies; the observation topics and the command topic
+come from the robot spec):
+  subscribes  <observation topics>  sensor_msgs/JointState | std_msgs/Float64MultiArray
+              estop                 std_msgs/Bool     true latches the e-stop (safe action)
+  publishes   <action topic>        std_msgs/Float64MultiArray  (ros2_control command topic)
+              ~/status              std_msgs/String   JSON (transient local, status_rate Hz)
+              /diagnostics          diagnostic_msgs/DiagnosticArray  latency and safe-action counts
+  services    ~/enable              std_srvs/SetBool  enable/disable; enabling clears the e-stop
+              ~/reset_estop         std_srvs/Trigger  clear the e-stop latch
+
+trigger `timer`: one command per tick at rate_hz; `observation`: one command per observation
+message, per enable/e-stop event, and one safe command when the observations turn stale.
+The control path (observation subscriptions, command publisher) belongs to a second node,
+`<name>_control`, spun by its own executor in the control thread (run_node's main loop): a slow
+service, e-stop or status callback in the other executor does not hold up observations or ticks,
+and an observation is answered in its own callback, without a thread hand-off.
+Logic (metadata checks, safety, latency statistics): robot_stack/deploy/runtime.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
+
+from robot_stack.deploy.runtime import (OnnxPolicy, PolicyRunner, SafetyConfig, TickMonitor,
+                                        check_compatible)
+from robot_stack.errors import ConfigError
+from robot_stack.spec import JOINT_STATE, MalformedMessage, load_spec
+from ros_nodes import convert
+from ros_nodes.node_main import node_main
+
+TRIGGERS = ("timer", "observation")
+PARAMETERS = {  # name: (default, description)
+    "policy": ("", "exported ONNX policy (robot-stack export)"),
+    "spec": ("", "robot spec YAML (config/robot_*.yaml)"),
+    "provider": ("auto", "onnxruntime provider: auto (CUDA, then CPU) | tensorrt | cuda | cpu"),
+    "trigger": ("timer", "timer: ticks at rate_hz | observation: one command per observation"),
+    "rate_hz": (0.0, "control rate; 0 = the spec's rate_hz"),
+    "stale_timeout_s": (0.0, "observation age that gives the safe action; 0 = the spec's"),
+    "safe_action": ("hold", "hold the last command | zero"),
+    "max_delta": (0.0, "largest command change per tick; 0 = no rate limit"),
+    "enabled": (True, "start enabled"),
+    "status_rate": (5.0, "Hz of ~/status and /diagnostics"),
+}
+
+
+class PolicyNode(Node):
+    def __init__(self, overrides=()):
+        super().__init__("policy", parameter_overrides=list(overrides))
+        p = {name: self.declare_parameter(name, default,
+                                          ParameterDescriptor(description=text)).value
+             for name, (default, text) in PARAMETERS.items()}
+        if not p["policy"] or not p["spec"]:
+            raise ConfigError("the policy node needs both --policy (ONNX file) and --spec (robot "
+                              "spec YAML)")
+        if p["trigger"] not in TRIGGERS:
+            raise ConfigError(f"trigger must be one of {TRIGGERS}, got {p['trigger']!r}")
+        self.spec = load_spec(p["spec"])
+        self.policy = OnnxPolicy(p["policy"], provider=p["provider"])
+        check_compatible(self.policy.metadata, self.spec.robot_description(), p["spec"])
+        observation_streams = [s for s in self.spec.streams.values() if s.role == "observation"]
+        safety = SafetyConfig(
+            stale_timeout_s=p["stale_timeout_s"] or min(s.stale_timeout_s
+                                                         for s in observation_streams),
+            safe_action=p["safe_action"], max_delta=p["max_delta"] or None)
+        self.runner = PolicyRunner(self.policy, self.spec.action.low, self.spec.action.high, safety)
+        self.runner.set_enabled(p["enabled"])
+        self.trigger = p["trigger"]
+        self.period = 1.0 / (p["rate_hz"] or self.spec.rate_hz)
+        self.monitor = TickMonitor(self.period)
+        self.lock = threading.Lock()  # the runner: admin callbacks vs the control thread
+        self.tick_due = False  # an enable/e-stop event to answer in observation mode
+        self.stale_reported = False
+        self.messages: dict[str, dict] = {}
+        self.received: dict[str, float] = {}
+        self.observation_topics = [s.topic for s in observation_streams]
+
+        # A node-local name remap: the global one (`__node:=policy` from launch) would give
+        # both nodes the same name, and local arguments take precedence in rcl.
+        control_name = f"{self.get_name()}_control"
+        self.control = rclpy.create_node(control_name, context=self.context,
+                                         namespace=self.get_namespace(),
+                                         cli_args=["--ros-args", "-r", f"__node:={control_name}"],
+                                         start_parameter_services=False)
+        self.command_pub = self.control.create_publisher(Float64MultiArray,
+                                                         self.spec.action.topic, 10)
+        self.status_pub = self.create_publisher(
+            String, "~/status", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        for s in observation_streams:
+            msg_type, fields = ((JointState, convert.joint_state_fields)
+                                if s.msg_type == JOINT_STATE
+                                else (Float64MultiArray, convert.data_fields))
+            self.control.create_subscription(
+                msg_type, s.topic, lambda msg, t=s.topic, f=fields: self.on_observation(t, f(msg)),
+                10)
+        self.create_subscription(Bool, "estop", self.on_estop, 10)
+        self.create_service(SetBool, "~/enable", self.on_enable)
+        self.create_service(Trigger, "~/reset_estop", self.on_reset_estop)
+        self.create_timer(1.0 / p["status_rate"], self.publish_status)
+        meta = self.policy.metadata
+        self.get_logger().info(
+            f"policy {p['policy']} (task {meta.task}, run {meta.training_run}) on "
+            f"{self.policy.provider}; trigger {self.trigger} at {1 / self.period:g} Hz, "
+            f"commands on {self.spec.action.topic}")
+        if self.policy.fell_back:
+            self.get_logger().warning(f"{p['provider']} provider unavailable (libraries missing "
+                                      f"or no device): running on {self.policy.provider}")
+        if meta.control_rate_hz and abs(meta.control_rate_hz - 1 / self.period) > 1e-6:
+            self.get_logger().warning(f"control rate {1 / self.period:g} Hz differs from the "
+                                      f"training data's {meta.control_rate_hz:g} Hz")
+
+    # ----- admin executor thread -----
+
+    def on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            with self.lock:
+                self.runner.estop()
+                self.tick_due = True
+            self.get_logger().error("e-stop latched: publishing the safe action until "
+                                    "~/reset_estop or ~/enable true")
+
+    def on_enable(self, request: SetBool.Request, response: SetBool.Response):
+        with self.lock:
+            response.message = self.runner.set_enabled(request.data)
+            self.tick_due = True
+        response.success = True
+        self.get_logger().info(f"policy {response.message}")
+        return response
+
+    def on_reset_estop(self, request: Trigger.Request, response: Trigger.Response):
+        with self.lock:
+            response.success = True
+            response.message = "e-stop cleared" if self.runner.reset_estop() else "no e-stop set"
+        return response
+
+    def publish_status(self) -> None:
+        # Read without the lock: counters may be one tick apart, the control loop never waits.
+        status = self.runner.status()
+        status.update(provider=self.policy.provider, trigger=self.trigger,
+                      rate_hz=1 / self.period, missed_ticks=self.monitor.missed,
+                      task=self.policy.metadata.task)
+        self.status_pub.publish(convert.status_msg(status))
+        level = (DiagnosticStatus.ERROR if status["estop"] else DiagnosticStatus.OK
+                 if status["state"] == "running" else DiagnosticStatus.WARN)
+        self.diag_pub.publish(convert.diagnostics_msg(
+            f"{self.get_name()}: policy", status["task"], level, status["state"], status,
+            self.get_clock().now().to_msg()))
+
+    # ----- control thread -----
+    def on_observation(self, topic: str, fields: dict) -> None:
+        self.messages[topic] = fields
+        self.received[topic] = time.monotonic()
+        self.stale_reported = False
+        if self.trigger == "observation":
+            self.tick()
+
+    def on_timer(self) -> None:
+        if self.trigger == "timer":
+            self.monitor.tick(time.monotonic())
+            self.tick()
+        elif self.tick_due or self._newly_stale():
+            # Observation trigger: between observations, answer enable/e-stop events and
+            # observations that turned stale, within a period.
+            self.tick_due = False
+            self.tick()
+
+    def run(self) -> None:
+        self.control.create_timer(self.period, self.on_timer)
+        self.control_executor = SingleThreadedExecutor(context=self.context)
+        self.control_executor.add_node(self.control)
+        try:
+            self.control_executor.spin()
+        finally:
+            self.control_executor.shutdown()
+            self.control.destroy_node()
+
+    def _newly_stale(self) -> bool:
+        # One safe command per stale spell: the actuators hold it, and a stream of them would
+        # pass for answers to a lockstep sim's next state.
+        if self.stale_reported or len(self.received) < len(self.observation_topics):
+            return False  # nothing commanded yet, or already answered with the safe action
+        self.stale_reported = (time.monotonic() - min(self.received.values())
+                               > self.runner.config.stale_timeout_s)
+        return self.stale_reported
+
+    def tick(self) -> None:
+        start = time.perf_counter()
+        with self.lock:
+            if len(self.received) == len(self.observation_topics):
+                oldest = min(self.received.values())
+                try:
+                    self.runner.observe(self.spec.observation_from_messages(self.messages),
+                                        now=oldest)
+                except MalformedMessage as e:
+                    self.runner.observe(None, problem=str(e), now=oldest)
+            command = self.runner.step()
+        self.command_pub.publish(convert.command_msg(command))
+        self.runner.loop.add(time.perf_counter() - start)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robot-stack deploy",
+        description="Drive a robot with an exported ONNX policy (node `policy`). Options "
+        "override the ROS parameters of the same name.")
+    parser.add_argument("--policy", help="ONNX file from robot-stack export")
+    parser.add_argument("--spec", help="robot spec YAML, e.g. config/robot_cheetah_sim.yaml")
+    parser.add_argument("--provider", help="auto | tensorrt | cuda | cpu (default auto)")
+    parser.add_argument("--trigger", help="timer | observation (default timer)")
+    parser.add_argument("--rate-hz", type=float, help="control rate (default: the spec's)")
+    parser.add_argument("--stale-timeout-s", type=float,
+                        help="observation age that gives the safe action (default: the spec's)")
+    parser.add_argument("--safe-action", help="hold | zero (default hold)")
+    parser.add_argument("--max-delta", type=float, help="rate limit per tick (default none)")
+    parser.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None,
+                        help="start enabled (default on)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = ("policy", "spec", "provider", "trigger", "rate_hz", "stale_timeout_s",
+               "safe_action", "max_delta", "enabled")
+    return node_main(argv, build_parser(), {name: name for name in options}, PolicyNode,
+                     PolicyNode.run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

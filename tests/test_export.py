@@ -1,0 +1,94 @@
+"""ONNX export of a trained run: parity with the torch policy, the metadata a runtime checks,
+action scaling to the robot's bounds, and no file left behind by a failed export."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from deployutil import TASK, train_small_run
+from robot_stack.data import EpisodeStore
+from robot_stack.deploy.export import (INPUT_NAME, OUTPUT_NAME, PARITY_ATOL, ParityError,
+                                       export_policy)
+from robot_stack.errors import ConfigError
+from robot_stack.learn.trainer import load_policy, load_run_config
+from robot_stack.learn.trajectories import dataset_fingerprint
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_small_run(tmp_path_factory.mktemp("deploy"))
+
+
+def onnx_actions(path, observations: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: observations.astype(np.float32)})[0]
+
+
+def test_export_matches_torch_and_describes_the_robot(run, tmp_path):
+    out = tmp_path / "policy.onnx"
+    result = export_policy(run, out)
+    assert result["parity_samples"] == 400 and result["parity_max_abs_diff"] <= PARITY_ATOL
+
+    store = EpisodeStore.open(load_run_config(run).dataset, mode="r")
+    observations = store.read("observation")[::7]
+    with torch.no_grad():
+        expected = load_policy(run).actor(torch.as_tensor(observations)).numpy()
+    actual = onnx_actions(out, observations)
+    assert actual.shape == (len(observations), 6)
+    np.testing.assert_allclose(actual, expected, atol=PARITY_ATOL, rtol=0)
+
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == [INPUT_NAME]
+    assert [o.name for o in model.graph.output] == [OUTPUT_NAME]
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    robot = store.robot
+    assert meta["task"] == TASK and meta["obs_dim"] == 17 and meta["act_dim"] == 6
+    assert meta["observation_layout"] == robot["observation_layout"]
+    assert meta["joint_names"] == robot["joint_names"]
+    assert meta["action_low"] == robot["action_low"] and meta["action_high"] == robot["action_high"]
+    assert meta["control_rate_hz"] == robot["control_rate_hz"] == 100.0
+    assert meta["dataset_fingerprint"] == dataset_fingerprint(store)
+    assert meta["training_config"]["dataset"] == load_run_config(run).dataset
+    assert meta["training_config"]["algo"] == "td3bc"
+    assert meta["training_run"] == str(run.resolve())
+
+
+def test_actions_are_scaled_to_the_dataset_robots_bounds(run, tmp_path):
+    # The same data under a robot whose actuators take [0, 2] and [-3, 1]: the graph maps the
+    # actor's [-1, 1] onto those bounds.
+    source = EpisodeStore.open(load_run_config(run).dataset, mode="r")
+    robot = dict(source.robot, action_low=[0.0] * 3 + [-3.0] * 3,
+                 action_high=[2.0] * 3 + [1.0] * 3)
+    scaled = EpisodeStore.create(tmp_path / "scaled.zarr", source.keys, task=source.task,
+                                 robot=robot)
+    scaled.append_episode(source.episode(0), source="scripted")
+    out = tmp_path / "scaled.onnx"
+    meta = export_policy(run, out, dataset=str(tmp_path / "scaled.zarr"))["metadata"]
+    assert meta["action_low"] == robot["action_low"]
+
+    observations = source.read("observation")[:50]
+    with torch.no_grad():
+        unit = load_policy(run).actor(torch.as_tensor(observations)).numpy()
+    low, high = np.array(robot["action_low"]), np.array(robot["action_high"])
+    np.testing.assert_allclose(onnx_actions(out, observations),
+                               low + (unit + 1) / 2 * (high - low), atol=1e-5, rtol=0)
+
+
+def test_failed_parity_check_leaves_no_file(run, tmp_path):
+    # float32 ONNX kernels differ from torch's in the last bits; a limit below that must fail.
+    out = tmp_path / "policy.onnx"
+    with pytest.raises(ParityError, match="parity check") as err:
+        export_policy(run, out, atol=1e-12)
+    assert "nothing was written" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a training run"):
+        export_policy(tmp_path, tmp_path / "policy.onnx")

@@ -1,0 +1,192 @@
+"""The deployment runtime without ROS: the ONNX session, metadata checks against robot specs,
+and the safety logic between policy and actuators (driven with an explicit clock)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from deployutil import exported_policy
+from robot_stack.deploy.runtime import (BAD_OBSERVATION, BAD_OUTPUT, CPU, DISABLED, ESTOP,
+                                        NO_OBSERVATION, STALE, LatencyStats, OnnxPolicy,
+                                        PolicyRunner, SafetyConfig, TickMonitor,
+                                        check_compatible, choose_providers)
+from robot_stack.errors import ConfigError
+from robot_stack.learn.trainer import load_policy
+from robot_stack.spec import load_spec, spec_from_dict
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+OBS = np.linspace(-0.5, 0.5, 17)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return exported_policy(tmp_path_factory.mktemp("deploy"))
+
+
+@pytest.fixture(scope="module")
+def policy(exported):
+    return OnnxPolicy(exported[1])
+
+
+def cheetah_spec_dict() -> dict:
+    return yaml.safe_load((CONFIG / "robot_cheetah_sim.yaml").read_text())
+
+
+def test_onnx_policy_runs_the_exported_actor(exported, policy):
+    run, _ = exported
+    assert policy.provider == CPU  # no CUDA libraries on this machine: the fallback is used
+    assert policy.metadata.obs_dim == 17 and policy.metadata.act_dim == 6
+    batch = np.random.default_rng(0).normal(size=(32, 17))
+    with torch.no_grad():
+        expected = load_policy(run).actor(torch.as_tensor(batch, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(policy(batch), expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(policy(batch[3]), expected[3], atol=1e-5, rtol=0)
+
+
+def test_provider_order_and_unknown_provider():
+    available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
+    assert choose_providers("auto", available) == ["CUDAExecutionProvider", CPU]
+    assert choose_providers("tensorrt", available) == available
+    assert choose_providers("tensorrt", [CPU]) == [CPU]
+    with pytest.raises(ConfigError, match="provider must be one of"):
+        choose_providers("gpu", available)
+
+
+def test_model_matches_the_cheetah_spec_and_not_others(policy):
+    check_compatible(policy.metadata, load_spec(CONFIG / "robot_cheetah_sim.yaml")
+                     .robot_description(), "cheetah spec")
+    with pytest.raises(ConfigError, match="observation size: model 17, robot") as err:
+        check_compatible(policy.metadata, load_spec(CONFIG / "robot_hopper_sim.yaml")
+                         .robot_description(), "hopper spec")
+    assert "does not match hopper spec" in str(err.value) and "action size" in str(err.value)
+    with pytest.raises(ConfigError, match="observation layout.*joint names"):  # also 17 and 6
+        check_compatible(policy.metadata, load_spec(CONFIG / "robot_walker_sim.yaml")
+                         .robot_description(), "walker spec")
+
+    reordered = cheetah_spec_dict()
+    joints = reordered["observation"][0]["joints"]
+    joints[2], joints[3] = joints[3], joints[2]  # same size, different layout
+    with pytest.raises(ConfigError, match="observation layout"):
+        check_compatible(policy.metadata, spec_from_dict(reordered).robot_description(), "spec")
+
+    bounds = cheetah_spec_dict()
+    bounds["action"]["high"] = 2.0
+    with pytest.raises(ConfigError, match="action bounds"):
+        check_compatible(policy.metadata, spec_from_dict(bounds).robot_description(), "spec")
+
+    renamed = cheetah_spec_dict()
+    renamed["robot"]["joint_names"][-1] = "ffoot2"
+    with pytest.raises(ConfigError, match="joint names"):
+        check_compatible(policy.metadata, spec_from_dict(renamed).robot_description(), "spec")
+
+
+def test_a_file_that_is_not_a_policy_is_refused(tmp_path):
+    bad = tmp_path / "policy.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="cannot load policy"):
+        OnnxPolicy(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        OnnxPolicy(tmp_path / "missing.onnx")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_runner(policy, **safety) -> tuple[PolicyRunner, Clock]:
+    clock = Clock()
+    low, high = policy.metadata.action_low, policy.metadata.action_high
+    return PolicyRunner(policy, low, high, SafetyConfig(**safety), clock=clock), clock
+
+
+def test_fresh_observations_drive_the_policy_and_stale_ones_hold(policy):
+    runner, clock = make_runner(policy, stale_timeout_s=0.05, safe_action="hold")
+    assert np.array_equal(runner.step(), np.zeros(6))  # nothing observed yet
+    runner.observe(OBS)
+    command = runner.step()
+    np.testing.assert_allclose(command, policy(OBS))
+    clock.now += 0.04
+    np.testing.assert_allclose(runner.step(), command)  # still fresh: same observation
+    clock.now += 0.02  # 0.06 s old: stale on this very tick
+    runner.observe(OBS)
+    runner.observation_time -= 0.06
+    assert np.array_equal(runner.step(), command)
+    assert runner.last_reason == STALE
+    assert runner.safe_actions == {NO_OBSERVATION: 1, STALE: 1}
+    assert runner.policy_actions == 2 and runner.status()["state"] == "safe:" + STALE
+
+
+def test_non_finite_observation_or_output_gives_the_zero_action(policy):
+    runner, _ = make_runner(policy, safe_action="zero")
+    runner.observe(OBS)
+    assert np.abs(runner.step()).max() > 0
+    runner.observe(np.full(17, np.nan))
+    assert np.array_equal(runner.step(), np.zeros(6))
+    runner.observe(None, problem="joint_states: non-finite qpos value")
+    assert np.array_equal(runner.step(), np.zeros(6))
+    assert runner.safe_actions[BAD_OBSERVATION] == 2
+    assert runner.status()["observation_problem"].endswith("non-finite qpos value")
+
+    broken = PolicyRunner(lambda obs: np.array([0.1, np.inf, 0, 0, 0, 0]), -np.ones(6),
+                          np.ones(6), SafetyConfig(safe_action="zero"))
+    broken.observe(OBS)
+    assert np.array_equal(broken.step(), np.zeros(6)) and broken.safe_actions == {BAD_OUTPUT: 1}
+
+
+def test_estop_latches_until_reset_and_disable_holds(policy):
+    runner, _ = make_runner(policy, safe_action="zero")
+    runner.observe(OBS)
+    runner.estop()
+    for _ in range(3):
+        runner.observe(OBS)
+        assert np.array_equal(runner.step(), np.zeros(6))
+    assert runner.safe_actions[ESTOP] == 3 and runner.status()["estop"]
+    assert runner.set_enabled(False) == "disabled"  # disabling does not clear the latch
+    assert runner.step().tolist() == [0.0] * 6 and runner.last_reason == ESTOP
+    assert runner.reset_estop() and not runner.reset_estop()
+    runner.step()
+    assert runner.last_reason == DISABLED
+    runner.estop()
+    assert runner.set_enabled(True) == "e-stop cleared, enabled"
+    np.testing.assert_allclose(runner.step(), policy(OBS))
+
+
+def test_commands_are_clipped_and_rate_limited():
+    swing = iter([np.full(6, 5.0), np.full(6, -5.0), np.full(6, 0.05)])
+    runner = PolicyRunner(lambda obs: next(swing), -np.ones(6), np.ones(6),
+                          SafetyConfig(max_delta=0.25))
+    runner.observe(OBS)
+    assert np.allclose(runner.step(), 0.25)   # 5 -> clipped to 1 -> limited to 0 + 0.25
+    assert np.allclose(runner.step(), 0.0)    # -5 -> -1 -> limited to 0.25 - 0.25
+    assert np.allclose(runner.step(), 0.05)
+    assert runner.clipped == 2 and runner.rate_limited == 2
+
+
+def test_bad_safety_settings_are_refused():
+    with pytest.raises(ConfigError, match="safe_action"):
+        PolicyRunner(np.tanh, -np.ones(2), np.ones(2), SafetyConfig(safe_action="brake"))
+    with pytest.raises(ConfigError, match="max_delta"):
+        SafetyConfig(max_delta=-1.0).validate()
+
+
+def test_latency_stats_and_missed_ticks():
+    stats = LatencyStats(window=100)
+    assert stats.summary() == {"count": 0}
+    for ms in range(1, 201):  # the window keeps the last 100: 101..200 ms
+        stats.add(ms / 1e3)
+    summary = stats.summary()
+    assert summary["count"] == 200 and summary["max_ms"] == 200.0
+    assert summary["p50_ms"] == pytest.approx(150.5) and summary["p99_ms"] == pytest.approx(199.01)
+
+    monitor = TickMonitor(period=0.001)
+    for t in [0.0, 0.001, 0.0021, 0.0052, 0.0061]:  # the gap of 3.1 ms skipped two ticks
+        monitor.tick(t)
+    assert monitor.missed == 2
