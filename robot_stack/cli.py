@@ -63,6 +63,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_generator(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.kind == "diffusion":
         from robot_stack.learn.edm import DiffusionConfig, fit_diffusion
 
@@ -237,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--generator", help="a trained generator directory (else one is trained)")
     train.add_argument("--generator-steps", type=int, help="diffusion training steps when training one")
     train.add_argument("--device", help="torch device (cpu, cuda)")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -249,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--sample-steps", type=int, default=16)
     fit.add_argument("--rollout-horizon", type=int, default=5)
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     fit.set_defaults(func=_train_generator)
 
     gen = verbs.add_parser("generate", help="sample a synthetic dataset from a generator")
