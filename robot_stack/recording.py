@@ -12,11 +12,39 @@ so with a controller that answers each state it mixes (s_t, a_t) and (s_{t+1}, a
 Sampling on the action topic records exactly the state each command answered (the newest
 state when the command arrives), at the controller's rate.
 
+Exact pairing by stamp (message_filters ExactTime semantics). With `action.applied` in the
+spec and sample_on on that topic, the robot reports each command it applied as a JointState
+stamped with the stamp of the state it was applied from. Each applied command is paired with
+the message of the identical stamp on every JointState observation topic (other streams: their
+latest value): the last STATE_HISTORY states are kept for their commands, and an applied
+command waits for its state until a newer state arrives (a topic's messages arrive in order, so
+its own will not come any more), until STATE_HISTORY commands wait, or until its episode is
+closed. Then it is dropped and counted (unpaired_dropped), never written with another state.
+No wall-clock timeout applies to a single pair: a recorder process descheduled for a while
+finds the states it missed queued, in order, when it runs again. Arrival order between
+topics (which DDS does not guarantee across subscribers) does not matter. Episodes are cut by
+stamp as well, between a start and an end stamp (samples outside are counted, not written). The
+start is the newest state stamp received at the "reset" event (or start_episode): the sim
+publishes "reset" before the episode's first state, and the recorder takes the events first.
+The end is exact: the sim reports the episode's final state with an empty applied command
+(nothing was applied from it), and the terminal/truncated event waits for that report, the
+last pairs and their rewards (up to pair_timeout_s in all); an end report that arrives before
+the episode's first step is the previous episode's and moves the start instead. A stop
+without an end report ends at the newest state received.
+
 Alignment of reward. The sim publishes the reward of (s_t, a_t) together with s_{t+1}, i.e.
 after sample t was taken, so a sample waits for its reward. With sample_on, rewards are matched
 to samples in order, one reward message per sample: the executor may run the callback of
 a_{t+1} before that of r_t when both are queued, so "latest reward at the next sample" would
-shift rewards by one step. At the episode's end the recorder waits up to reward_wait_s for the
+shift rewards by one step. With exact pairing, the sim publishes exactly one reward per applied
+command (same tick), so the k-th reward of an episode is the k-th step report's: rewards also
+wait for their samples (any order between the two topics within an episode), and a step report
+that was dropped keeps its place so that its reward is skipped, not given to the next sample.
+The one order relied on: the rewards of an episode reach the recorder before the next "reset"
+event (the sim publishes them before its end report and the event; the closing episode waits
+for its end report and rewards before it commits, and "reset" comes a lockstep round trip
+later). Rewards carry no stamp (std_msgs/Float64); a reward arriving after the next episode
+started would shift that episode's rewards. At the episode's end the recorder waits up to reward_wait_s for the
 last rewards (state "closing"); a sample whose reward never comes (the command that answered
 the final state) is dropped. On a timer, a sample's reward is the latest reward at the next
 sample. The last step is held back until the episode ends, to set its terminal flag.
@@ -40,9 +68,10 @@ import numpy as np
 
 from robot_stack.data import EpisodeStore, KeySpec, standard_keys
 from robot_stack.errors import ConfigError
-from robot_stack.spec import MalformedMessage, RobotSpec
+from robot_stack.spec import JOINT_STATE, MalformedMessage, RobotSpec
 
 IDLE, RECORDING, CLOSING = "idle", "recording", "closing"
+STATE_HISTORY = 100  # exact pairing: stamped states kept per stream for commands to find
 EVENT_RESET, EVENT_TERMINAL, EVENT_TRUNCATED = "reset", "terminal", "truncated"
 
 
@@ -95,6 +124,9 @@ class Counters:
     pre_reset_skipped: int = 0  # samples not taken because the state predates the sim's reset
     unrewarded_dropped: int = 0  # samples at an episode's end whose reward never came
     state_gaps: int = 0  # sample_on: samples whose state is not the one after the last sample's
+    unpaired_dropped: int = 0  # exact pairing: applied commands whose state never came (also at
+    # start-up, before the state subscription matched)
+    outside_episode: int = 0  # exact pairing: samples whose stamp lies outside the episode's
     queue_dropped: int = 0  # steps lost because the writer fell behind
     clipped_actions: int = 0  # actions outside [low, high], recorded clipped
     episodes_committed: int = 0
@@ -207,7 +239,7 @@ class Recorder:
     def __init__(self, spec: RobotSpec, writer: StoreWriterThread, *, first_episode: int = 0,
                  source: str = "teleop", auto_episodes: bool = False,
                  on_shutdown: str = "commit", sample_on: str | None = None,
-                 reward_wait_s: float = 0.2, notify=None):
+                 reward_wait_s: float = 0.2, pair_timeout_s: float = 2.0, notify=None):
         if on_shutdown not in ("commit", "discard"):
             raise ValueError(f"on_shutdown must be commit or discard, got {on_shutdown!r}")
         self.spec = spec
@@ -245,6 +277,21 @@ class Recorder:
                                        if s.role == "observation" and s.required]
         self._events_stream = next(
             (s.name for s in spec.streams.values() if s.role == "events"), None)
+        sampled = spec.streams.get(self.sample_on)
+        self.pair_by_stamp = (sampled is not None and sampled.role == "action"
+                              and sampled.msg_type == JOINT_STATE)
+        self.pair_timeout_s = pair_timeout_s
+        self._history = {s.name: deque(maxlen=STATE_HISTORY) for s in self._value_streams
+                         if self.pair_by_stamp and s.role == "observation"
+                         and s.msg_type == JOINT_STATE}  # (stamp, values) per stamped state
+        if self.pair_by_stamp and not self._history:
+            raise ValueError("sample_on an applied-command report pairs it by stamp with a "
+                             "JointState observation topic; the spec has none")
+        self._pending: deque[tuple] = deque()  # applied commands waiting: (stamp, values)
+        self._resolved_stamp = -math.inf  # newest applied command paired or dropped
+        self._rewards: deque[tuple] = deque()  # exact pairing: rewards waiting for samples
+        self._bounds = (-math.inf, math.inf)  # exact pairing: stamps of the episode, exclusive
+        self._episode_reports = 0  # exact pairing: step reports within the bounds this episode
 
     # ----- inputs -----
     def on_message(self, stream: str, fields: dict, stamp: float, now: float) -> str | None:
@@ -258,7 +305,9 @@ class Recorder:
             return str(e)
         latest.values, latest.stamp, latest.received = values, stamp, now
         latest.count += 1
-        if stream == self.sample_on and self.state == RECORDING:
+        if self.pair_by_stamp:
+            self._on_stamped(stream, values, stamp, now)
+        elif stream == self.sample_on and self.state == RECORDING:
             self._sample(now)
         elif stream == self._reward_stream and self._match_rewards and self._unrewarded:
             self._complete(self._with_reward(self._unrewarded.popleft()))
@@ -293,7 +342,8 @@ class Recorder:
             self._reset_time = now if ok else None
             return ok, message
         if event in (EVENT_TERMINAL, EVENT_TRUNCATED) and self.state == RECORDING:
-            return self.stop_episode(None, now, terminal=event == EVENT_TERMINAL)
+            return self.stop_episode(None, now, terminal=event == EVENT_TERMINAL,
+                                     at_end_report=self.pair_by_stamp)
         return True, f"event {event!r} ignored in state {self.state}"
 
     # ----- episode control -----
@@ -314,16 +364,30 @@ class Recorder:
         self.writer.begin(self.source, time.time())
         self.state, self.episode_steps = RECORDING, 0
         self._last_tick = self._reset_time = self._last_state_stamp = None
+        # exact pairing: the episode takes the states received from now on
+        self._bounds = (self._newest_state_stamp() if self.pair_by_stamp else -math.inf,
+                        math.inf)
+        self._rewards.clear()  # of the previous episode's steps
+        self._episode_reports = 0
         return True, f"recording episode {self.episode_index}"
 
-    def stop_episode(self, success: bool | None, now: float,
-                     terminal: bool = False) -> tuple[bool, str]:
+    def stop_episode(self, success: bool | None, now: float, terminal: bool = False,
+                     at_end_report: bool = False) -> tuple[bool, str]:
         """Commit the episode; with samples still waiting for their reward, after at most
-        reward_wait_s (state CLOSING; samples whose reward never comes are dropped)."""
+        reward_wait_s (state CLOSING; samples whose reward never comes are dropped).
+        Exact pairing: the episode ends at the robot's end report (at_end_report) or else at
+        the newest state received."""
         if self.state != RECORDING:
             return False, "no episode is recording"
-        self._closing = (success, terminal, now + self.reward_wait_s)
+        wait = self.pair_timeout_s if self.pair_by_stamp else self.reward_wait_s
+        self._closing = (success, terminal, now + wait)
         self.state = CLOSING
+        if self.pair_by_stamp:
+            if not at_end_report:
+                self._bounds = (self._bounds[0], min(self._bounds[1], self._newest_state_stamp()))
+            if not self._closed():
+                return True, (f"committing episode {self.episode_index} once its last steps "
+                              "are paired and rewarded")
         if self._match_rewards and self._unrewarded:
             return True, f"committing episode {self.episode_index} once its last rewards arrive"
         return self._finish()
@@ -332,6 +396,7 @@ class Recorder:
         if self.state == IDLE:
             return False, "no episode is recording"
         self._unrewarded.clear()
+        self._rewards.clear()
         self._last = None
         self.writer.discard()
         self.counters.episodes_discarded += 1
@@ -357,9 +422,13 @@ class Recorder:
     def _finish(self) -> tuple[bool, str]:
         """End a CLOSING episode: write the held-back step with its terminal flag, commit."""
         success, terminal, _ = self._closing
+        start, end = self._bounds
+        unpaired = [p for p in self._pending if start < p[0] < end]  # waited too long
+        self.counters.unpaired_dropped += len(unpaired)
+        self._pending = deque(p for p in self._pending if not start < p[0] < end)
         if not self._match_rewards and self._unrewarded:
             self._complete(self._with_reward(self._unrewarded.popleft()))
-        self.counters.unrewarded_dropped += len(self._unrewarded)
+        self.counters.unrewarded_dropped += sum(step is not None for step in self._unrewarded)
         self._unrewarded.clear()
         if self._last is not None:
             self._last["terminal"] = np.bool_(terminal)
@@ -395,6 +464,9 @@ class Recorder:
             "pre_reset_skipped": c.pre_reset_skipped,
             "unrewarded_dropped": c.unrewarded_dropped,
             "state_gaps": c.state_gaps,
+            "pairing": "exact stamp" if self.pair_by_stamp else "latest value",
+            "unpaired_dropped": c.unpaired_dropped,
+            "outside_episode": c.outside_episode,
             "queue_dropped": c.queue_dropped,
             "writer_queue": self.writer.queued_steps,
             "clipped_actions": c.clipped_actions,
@@ -409,26 +481,126 @@ class Recorder:
             "writer_error": self.writer.error,
         }
 
+    # ----- exact pairing by stamp -----
+    def _on_stamped(self, stream: str, values: dict, stamp: float, now: float) -> None:
+        if stream == self.sample_on:
+            self._pending.append((stamp, values))
+            if len(self._pending) > STATE_HISTORY:  # states stopped: bounded wait
+                self._pending.popleft()
+                self.counters.unpaired_dropped += 1
+        elif stream in self._history:
+            self._history[stream].append((stamp, values))
+        elif stream == self._reward_stream:
+            if self.state != IDLE:
+                self._rewards.append((values["reward"], stamp))
+                self._reward_samples()
+            return
+        else:
+            return
+        self._pair(now)
+
+    def _pair(self, now: float) -> None:
+        """Pair waiting applied commands (in stamp order) with the states of their stamps."""
+        while self._pending:
+            stamp, action = self._pending[0]
+            if "action" not in action:  # end report: the episode ended at this state
+                self._pending.popleft()
+                self._resolved_stamp = stamp
+                self._on_end_report(stamp)
+                continue
+            states, waiting, gone = {}, False, False
+            for name, history in self._history.items():
+                match = next((v for st, v in reversed(history) if st == stamp), None)
+                if match is not None:
+                    states[name] = match
+                elif history and history[-1][0] > stamp:  # states arrive in stamp order
+                    gone = True
+                else:
+                    waiting = True
+            if waiting and not gone:
+                break
+            self._pending.popleft()
+            self._resolved_stamp = stamp
+            if waiting or gone:
+                self.counters.unpaired_dropped += 1
+            if self.state == IDLE:
+                continue
+            if not self._bounds[0] < stamp < self._bounds[1]:
+                self.counters.outside_episode += 1
+                continue
+            self._episode_reports += 1
+            if (waiting or gone or not self._sample(now, paired=(stamp, states, action))) \
+                    and self._match_rewards:
+                # The sim published this step's reward too: it must not go to the next sample.
+                self._unrewarded.append(None)
+                self._reward_samples()
+        if self.state == CLOSING and self._closed():
+            self._finish()
+
+    def _on_end_report(self, stamp: float) -> None:
+        start, end = self._bounds
+        if self.state == IDLE or not start < stamp < end:
+            return
+        if self._episode_reports:
+            self._bounds = (start, stamp)  # this episode's final state
+        else:  # the previous episode's end, reported after this episode was started
+            self._bounds = (stamp, end)
+
+    def _reward_samples(self) -> None:
+        while self._rewards and self._unrewarded:
+            step, reward = self._unrewarded.popleft(), self._rewards.popleft()
+            if step is not None:  # None: a step not taken, whose reward is skipped
+                self._complete(self._with_reward(step, reward))
+        if self.state == CLOSING and self._closed():
+            self._finish()
+
+    def _closed(self) -> bool:
+        """Exact pairing, CLOSING: the end is known, every state before it is paired (or its
+        command dropped) and every sample rewarded."""
+        start, end = self._bounds
+        if end == math.inf:
+            return False
+        waiting = any(start < st < end and st > self._resolved_stamp
+                      for history in self._history.values() for st, _ in history)
+        return not waiting and not (self._match_rewards and self._unrewarded)
+
+    def _newest_state_stamp(self) -> float:
+        return min((h[-1][0] if h else -math.inf) for h in self._history.values())
+
     # ----- sampling -----
-    def _sample(self, now: float) -> None:
+    def _sample(self, now: float, paired: tuple | None = None) -> bool:
+        """One step from the latest values; with `paired` = (stamp, {stream: values}, action),
+        from those states and applied command (exact pairing) and the latest other values.
+        False when no step was taken."""
         stale = self.stale_streams(now, required_only=True)
+        if paired is not None:  # the paired streams are exact, however late they came
+            stale = [name for name in stale if name not in paired[1] and name != self.sample_on]
         if stale:
             self.counters.stale_skipped += 1
             for name in stale:
                 self.latest[name].stale_skips += 1
-            return
-        if self._reset_time is not None and any(
+            return False
+        if paired is None and self._reset_time is not None and any(
                 self.latest[s].received < self._reset_time for s in self._required_observations):
             self.counters.pre_reset_skipped += 1
-            return
-        if self.sample_on is not None and self._required_observations:
-            self._check_state_progress()
+            return False
+        if paired is not None:
+            self._check_state_progress(paired[0])
+        elif self.sample_on is not None and self._required_observations:
+            self._check_state_progress(self.latest[self._required_observations[0]].stamp)
         values: dict[str, np.ndarray] = {}
         step: dict[str, np.ndarray] = {}
         for s in self._value_streams:
             latest = self.latest[s.name]
             values.update(latest.values if latest.values is not None else self._blank[s.name])
             step[f"stamp/{s.name}"] = np.float64(latest.stamp)
+        if paired is not None:
+            stamp, states, action = paired
+            for name in states:
+                values.update(states[name])
+                step[f"stamp/{name}"] = np.float64(stamp)
+            values.update(action)
+            step[f"stamp/{self.sample_on}"] = np.float64(stamp)
         action = values["action"]
         clipped = np.clip(action, self.spec.action.low, self.spec.action.high)
         if not np.array_equal(clipped, action):
@@ -441,25 +613,30 @@ class Recorder:
             step[image.key] = values[image.key]
         if self._reward_stream is None:  # the dataset has no reward key
             self._complete(step)
-            return
+            return True
         if not self._match_rewards and self._unrewarded:  # timer: reward = latest at next sample
             self._complete(self._with_reward(self._unrewarded.popleft()))
         self._unrewarded.append(step)
+        if self.pair_by_stamp:
+            self._reward_samples()
+        return True
 
-    def _check_state_progress(self) -> None:
+    def _check_state_progress(self, stamp: float) -> None:
         """A controller that answers every state gives samples one state period apart. A
         repeated or skipped state means it fell behind (its command answered an older state,
         and the robot held a previous command meanwhile): such steps do not replay. Exact with
         sim-time stamps; with wall-clock stamps, jitter over half a period also counts."""
-        stamp = self.latest[self._required_observations[0]].stamp
         last, self._last_state_stamp = self._last_state_stamp, stamp
         if last is not None and abs(stamp - last - self.period) > 0.5 * self.period:
             self.counters.state_gaps += 1
 
-    def _with_reward(self, step: dict) -> dict:
-        reward = self.latest[self._reward_stream]
-        step["reward"] = np.float32(reward.values["reward"] if reward.values else 0.0)
-        step[f"stamp/{self._reward_stream}"] = np.float64(reward.stamp)
+    def _with_reward(self, step: dict, reward: tuple | None = None) -> dict:
+        """The step with `reward` = (value, stamp), or the latest reward."""
+        if reward is None:
+            latest = self.latest[self._reward_stream]
+            reward = (latest.values["reward"] if latest.values else 0.0, latest.stamp)
+        step["reward"] = np.float32(reward[0])
+        step[f"stamp/{self._reward_stream}"] = np.float64(reward[1])
         return step
 
     def _complete(self, step: dict) -> None:

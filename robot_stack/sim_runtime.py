@@ -67,11 +67,12 @@ class CommandGate:
 
 @dataclass
 class Tick:
-    """What one tick produced, in publishing order: state, then reward, then events."""
+    """What one tick produced, in publishing order: applied command, state, reward, events."""
     qpos: np.ndarray
     qvel: np.ndarray
     sim_time: float
     reward: float | None = None  # None on a reset tick
+    applied: np.ndarray | None = None  # the command the step applied (clipped/held); None on reset
     events: list[str] = field(default_factory=list)
 
 
@@ -135,7 +136,7 @@ class SimRuntime:
             return self._reset()
         if self.episode_over:
             return None
-        command = self.gate.command if self._answer is None else self._answer
+        command = (self.gate.command if self._answer is None else self._answer).copy()
         _, reward, terminal, truncated, _ = self.task.step(command)
         self.ticks += 1
         self.steps += 1
@@ -145,7 +146,7 @@ class SimRuntime:
         events = ["terminal"] if terminal else ["truncated"] if truncated else []
         self.episode_over = bool(terminal or truncated)
         return self._published(Tick(*self.task.qpos_qvel(), self.sim_time,
-                                    reward=float(reward), events=events))
+                                    reward=float(reward), applied=command, events=events))
 
     def _reset(self) -> Tick:
         # seed + episode index: a fixed seed gives a reproducible sequence of distinct episodes.

@@ -8,20 +8,30 @@ build the observation vector the same way. Format (see config/robot_cheetah_sim.
     rate_hz: 100                      # recording rate (timer mode) and control_rate_hz
     sample_on: null                   # null: sample on a timer at rate_hz; or a topic: one
                                       # sample per message on it (the action topic for a
-                                      # controller that answers each state; see recording.py)
+                                      # controller that answers each state, or the applied
+                                      # topic: exact stamp pairing; see recording.py)
     observation_dtype: float32        # or float64
     stale_timeout_s: 0.5              # default for every topic; override per topic in `streams`
     observation:                      # concatenated in this order
       - {name: qpos, topic: joint_states, type: JointState, field: position,
          joints: [rootz, rooty], unit: rad, units: {rootz: m}}
       - {name: imu, topic: imu, type: Float64MultiArray, slice: [0, 3], unit: m/s^2}
-    action: {topic: commands, size: 6, low: -1.0, high: 1.0, names: [...]}
+    action: {topic: commands, size: 6, low: -1.0, high: 1.0, names: [...],
+             applied: {topic: applied_commands}}   # optional, see below
     images: [{name: rgb, topic: camera/image_raw, height: 480, width: 640, encoding: rgb8}]
     reward: {topic: reward}           # std_msgs/Float64, optional (no dataset reward key without)
     events: {topic: episode_events}   # std_msgs/String reset|terminal|truncated, optional
     required: [joint_states, commands]   # topics that must be fresh; default: observation,
                                          # action and image topics
     streams: {joint_states: {stale_timeout_s: 0.1}}
+
+`action.topic` is where controllers (teleop, policy node) publish std_msgs/Float64MultiArray
+commands. With `action.applied`, the robot also reports each command it applied as a stamped
+sensor_msgs/JointState (name = action.names, effort = values; header.stamp = that of the state
+it was applied from, as the sim node does; effort empty: nothing was applied from that state,
+the episode ended there): the recorder then records that report instead of
+the raw commands (`commands` is not subscribed), and sampling on it pairs each applied command
+with the state of the identical stamp.
 
 Messages reach this module as plain field dicts (ros_nodes/convert.py builds them), so the
 checks and the observation layout are testable without rclpy.
@@ -87,11 +97,23 @@ class ObservationPart:
 
 @dataclass(frozen=True)
 class ActionSpec:
-    topic: str
+    topic: str  # where commands are published (Float64MultiArray)
     size: int
     low: np.ndarray
     high: np.ndarray
     names: tuple[str, ...] | None
+    applied_topic: str | None = None  # stamped JointState effort report of applied commands
+
+    @property
+    def recorded_topic(self) -> str:
+        """The topic the recorder takes actions from."""
+        return self.applied_topic or self.topic
+
+    @property
+    def applied_part(self) -> "ObservationPart":
+        """How an applied-command report is read: effort of the action's joints."""
+        return ObservationPart("action", self.applied_topic, JOINT_STATE, "effort", self.names,
+                               0, 0, ("",) * self.size)
 
 
 @dataclass(frozen=True)
@@ -169,7 +191,8 @@ class RobotSpec:
     def parse(self, stream: str, fields: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate one message of `stream` and return the values it contributes.
 
-        Observation streams give {part name: array}; the action stream {"action": array};
+        Observation streams give {part name: array}; the action stream {"action": array} ({}
+        for an applied-command report with empty effort: none was applied, the episode ended);
         image streams {"camera/<name>": (H, W, C) uint8}; reward {"reward": float64 scalar}.
         Raises MalformedMessage naming the problem.
         """
@@ -178,6 +201,10 @@ class RobotSpec:
             return {p.name: self._extract_part(p, fields)
                     for p in self.observation if p.topic == s.topic}
         if s.role == "action":
+            if s.msg_type == JOINT_STATE:  # an applied-command report
+                if len(fields["effort"]) == 0:  # nothing was applied: the episode ended
+                    return {}
+                return {"action": self._extract_part(self.action.applied_part, fields)}
             return {"action": self._check_action(fields)}
         if s.role == "image":
             image = next(i for i in self.images if i.topic == s.topic)
@@ -314,7 +341,7 @@ def spec_from_dict(raw: Any, origin: str = "robot spec") -> RobotSpec:
         observation.append(part)
 
     a = _Reader(r.get("action"), f"{origin}: action")
-    a.no_unknown({"topic", "size", "low", "high", "names"})
+    a.no_unknown({"topic", "size", "low", "high", "names", "applied"})
     size = int(a.positive("size"))
     low, high = a.bounds("low", size), a.bounds("high", size)
     if not (low < high).all():
@@ -322,8 +349,19 @@ def spec_from_dict(raw: Any, origin: str = "robot spec") -> RobotSpec:
     names = a.get("names", None)
     if names is not None and len(names) != size:
         raise ConfigError(f"{origin}: action names has {len(names)} entries, size is {size}")
-    action = ActionSpec(a.str("topic"), size, low, high, tuple(names) if names else None)
-    claim(action.topic, FLOAT64_ARRAY, "action", "action")
+    applied_topic = _optional_topic(a, "applied")
+    if applied_topic is not None and names is None:
+        raise ConfigError(f"{origin}: action.applied needs action.names (the joints of the "
+                          "applied-command report)")
+    action = ActionSpec(a.str("topic"), size, low, high, tuple(names) if names else None,
+                        applied_topic)
+    if applied_topic is None:
+        claim(action.topic, FLOAT64_ARRAY, "action", "action")
+    elif applied_topic == action.topic:
+        raise ConfigError(f"{origin}: action.applied.topic must differ from action.topic "
+                          "(commands are Float64MultiArray, applied reports JointState)")
+    else:  # the recorder takes the applied report; the command topic is for controllers
+        claim(applied_topic, JOINT_STATE, "action", "action.applied")
 
     images = []
     for i, im in enumerate(r.get("images", []) or []):
@@ -378,6 +416,9 @@ def spec_from_dict(raw: Any, origin: str = "robot spec") -> RobotSpec:
                                           timeouts.get(t, default_timeout))
                for t, (msg_type, role) in topic_types.items()}
     sample_on = r.get("sample_on", None)
+    if sample_on is not None and action.applied_topic and sample_on == action.topic:
+        raise ConfigError(f"{origin}: sample_on names the command topic {action.topic!r}; with "
+                          f"action.applied, sample on {action.applied_topic!r}")
     if sample_on is not None:
         sample_on = stream_name(resolve(sample_on, "sample_on"))
         if streams[sample_on].role == "events":

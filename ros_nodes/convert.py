@@ -32,6 +32,15 @@ def joint_state_msg(names, position, velocity, stamp: Time) -> JointState:
     return msg
 
 
+def effort_msg(names, effort, stamp: Time) -> JointState:
+    """JointState with effort only (position and velocity empty): an applied-command report."""
+    msg = JointState()
+    msg.header.stamp = stamp
+    msg.name = list(names)
+    msg.effort = np.asarray(effort, dtype=np.float64).tolist()
+    return msg
+
+
 # ----- commands (ros2_control forward_command_controller convention) -----
 
 def command_msg(values) -> Float64MultiArray:

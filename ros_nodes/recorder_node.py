@@ -1,7 +1,8 @@
 """The recorder node (`recorder`): records the topics of a robot spec into an episode store.
 
 Topics and services (relative names, so a namespace applies):
-  subscribes  the spec's observation, action, image, reward and events topics
+  subscribes  the spec's observation, action (its applied-command report when the spec has
+              action.applied), image, reward and events topics
   publishes   ~/status       std_msgs/String (JSON counters, see Recorder.status)
               /diagnostics   diagnostic_msgs/DiagnosticArray, the same counters
   services    ~/start_episode    std_srvs/Trigger   refused while a required stream is stale
@@ -42,6 +43,8 @@ PARAMETERS = {  # name: (default, description)
     "max_queued_steps": (2000, "steps waiting for the store writer before samples are dropped"),
     "flush_period_s": (1.0, "seconds between writes of the open episode's buffered rows"),
     "reward_wait_s": (0.2, "at an episode's end, how long samples wait for their reward"),
+    "pair_timeout_s": (2.0, "exact pairing: how long an episode's end waits for its end report, "
+                            "last pairs and rewards"),
     "reset_service": ("", "auto_episodes: std_srvs/Trigger called once all required streams "
                           "are fresh, to start the first episode (e.g. /sim/reset)"),
 }
@@ -72,6 +75,7 @@ class RecorderNode(Node):
                                      source=p["source"], auto_episodes=p["auto_episodes"],
                                      on_shutdown=p["on_shutdown"], sample_on=sample_on,
                                      reward_wait_s=p["reward_wait_s"],
+                                     pair_timeout_s=p["pair_timeout_s"],
                                      notify=self.get_logger().info)
         except ValueError as e:
             writer.close()
@@ -85,7 +89,7 @@ class RecorderNode(Node):
             self.create_subscription(MESSAGE_TYPES[s.msg_type], s.topic,
                                      self._callback(s.name, s.msg_type, s.role),
                                      QUEUE_DEPTH[s.msg_type])
-        # Timer mode samples on this tick; with sample_on it only ends reward waits.
+        # Timer mode samples on this tick; with sample_on it only ends reward and pairing waits.
         tick_period = 1.0 / spec.rate_hz
         self.create_timer(tick_period if sample_on is None else max(tick_period, 0.05),
                           self.on_tick)

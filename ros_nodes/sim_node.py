@@ -2,6 +2,12 @@
 
 Topics (relative names, so a namespace applies):
   publishes  joint_states    sensor_msgs/JointState  all MuJoCo joints: position=qpos, velocity=qvel
+             applied_commands  sensor_msgs/JointState  one report per published state, stamped
+                             with that state's joint_states stamp: the command the step from it
+                             applied (after clipping, or the held one; name = actuated joints,
+                             effort = values in action units), so (s_t, a_t) share a stamp, like
+                             the commanded output in ros2_control controller states; effort
+                             empty = nothing was applied from it: the episode ended there
              reward          std_msgs/Float64        the task reward of the step
              episode_events  std_msgs/String         "reset", "terminal", "truncated"
              ~/status        std_msgs/String         JSON counters (transient local, status_rate Hz)
@@ -18,7 +24,9 @@ to lockstep_timeout wall seconds, then it holds the last command and counts lock
 a controller that answers every state then drives it with exact (state, action) pairs at any
 host load. Pacing still applies: real time by default, faster with realtime_factor.
 
-Per tick, in this order: "reset" event (reset ticks), /clock, joint_states, reward (step ticks),
+Per tick, in this order: applied_commands (end report of an unfinished episode's last state,
+reset ticks), "reset" event (reset ticks), /clock, applied_commands (step ticks), joint_states,
+applied_commands (end report, last step of an episode), reward (step ticks),
 "terminal"/"truncated" event (last step of an episode). So an episode's events frame its states.
 header.stamp is sim time when /clock is published, wall time otherwise.
 Logic (command checks, hold-last-command, pacing): robot_stack/sim_runtime.py.
@@ -88,6 +96,8 @@ class SimNode(Node):
         self.answered = threading.Condition(self.lock)  # lockstep: a command answered the state
 
         self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.applied_pub = self.create_publisher(JointState, "applied_commands", 10)
+        self.unreported_stamp = None  # of the last published state, until its applied report
         self.reward_pub = self.create_publisher(Float64, "reward", 10)
         self.event_pub = self.create_publisher(String, "episode_events", 10)
         self.status_pub = self.create_publisher(
@@ -159,16 +169,29 @@ class SimNode(Node):
         stamp = (convert.time_msg(tick.sim_time) if self.use_sim_stamps
                  else self.get_clock().now().to_msg())
         if "reset" in tick.events:
+            self.report_applied(())  # a reset during an episode: its last state got no step
             self.event_pub.publish(String(data="reset"))
         if self.clock_pub is not None:
             self.clock_pub.publish(Clock(clock=stamp))
+        if tick.applied is not None:
+            self.report_applied(tick.applied)
         self.joint_pub.publish(convert.joint_state_msg(
             self.runtime.task.joint_names, tick.qpos, tick.qvel, stamp))
+        self.unreported_stamp = stamp
+        if self.runtime.episode_over:
+            self.report_applied(())
         if tick.reward is not None:
             self.reward_pub.publish(Float64(data=tick.reward))
         for event in tick.events:
             if event != "reset":
                 self.event_pub.publish(String(data=event))
+
+    def report_applied(self, command) -> None:
+        """Applied-command report of the last published state (empty: none was applied)."""
+        if self.unreported_stamp is not None:
+            self.applied_pub.publish(convert.effort_msg(
+                self.runtime.task.actuator_names, command, self.unreported_stamp))
+            self.unreported_stamp = None
 
     def publish_status_when_due(self) -> None:
         if time.monotonic() >= self.next_status:

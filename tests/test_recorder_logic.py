@@ -96,6 +96,12 @@ def test_shipped_specs_match_the_sim_observation_layout():
     (lambda s: s.update(sample_on="episode_events"), "sample_on cannot be the events topic"),
     (lambda s: s["reward"].update(topic="commands"), "topic 'commands' used as"),
     (lambda s: s.update(observation_dtype="float16"), "observation_dtype must be float32"),
+    (lambda s: s["action"].update(applied={"topic": "applied"}),
+     "action.applied needs action.names"),
+    (lambda s: s["action"].update(names=["a", "b"], applied={"topic": "applied"}),
+     "required names 'commands'"),  # the recorder no longer subscribes the command topic
+    (lambda s: s["action"].update(names=["a", "b"], applied={"topic": "applied"}) or s.update(
+        sample_on="commands", required=None), "sample_on names the command topic 'commands'"),
 ])
 def test_spec_errors_name_the_problem(change, message):
     raw = copy.deepcopy(SPEC)
@@ -367,3 +373,130 @@ def test_open_store_appends_to_a_matching_dataset_and_refuses_another(tmp_path):
     other["action"]["high"] = 1.0
     with pytest.raises(ConfigError, match="use another --out"):
         open_store(tmp_path / "d.zarr", spec_from_dict(other))
+
+
+# ----- exact pairing by stamp (applied-command reports) -----
+EXACT = copy.deepcopy(SPEC)
+EXACT["action"].update(names=["a", "b"], applied={"topic": "applied_commands"})
+EXACT.update(sample_on="applied_commands", required=["joint_states", "applied_commands"])
+
+
+def applied(values, names=("a", "b")):
+    return {"name": list(names), "position": [], "velocity": [],
+            "effort": np.asarray(values, float)}
+
+
+def stamp_of(k):
+    return 10.0 + 0.1 * k  # sim time of state k
+
+
+class ExactFeed:
+    """Messages of a sim that reports applied commands: state k, its command k/10, reward 10k."""
+
+    def __init__(self, rec):
+        self.rec, self.now = rec, 1.0
+
+    def _send(self, stream, fields, stamp):
+        self.now += 0.001
+        return self.rec.on_message(stream, fields, stamp, self.now)
+
+    def state(self, k):
+        return self._send("joint_states", joint_state([0, k, k], [0, 0, 0]), stamp_of(k))
+
+    def command(self, k):
+        return self._send("applied_commands", applied([k / 10, -k / 10]), stamp_of(k))
+
+    def end(self, k):  # state k is the episode's final state: nothing was applied from it
+        return self._send("applied_commands", applied([]), stamp_of(k))
+
+    def reward(self, k):
+        return self._send("reward", {"data": 10.0 * k}, 0.0)  # headerless: receive time
+
+
+def test_spec_with_applied_records_the_report_not_the_commands():
+    spec = spec_from_dict(copy.deepcopy(EXACT))
+    assert "commands" not in spec.streams and spec.action.topic == "commands"
+    stream = spec.streams["applied_commands"]
+    assert (stream.role, stream.msg_type, stream.required) == ("action", "JointState", True)
+    values = spec.parse("applied_commands", applied([0.5, -0.2], names=["b", "a"]))
+    np.testing.assert_array_equal(values["action"], [-0.2, 0.5])  # by name, in action order
+    with pytest.raises(MalformedMessage, match=r"joints \['b'\] missing"):
+        spec.parse("applied_commands", applied([0.1], names=["a"]))
+
+
+def test_exact_pairing_is_independent_of_arrival_order_and_drops_unpaired_commands(tmp_path):
+    rec = make_recorder(tmp_path, EXACT)
+    feed = ExactFeed(rec)
+    feed.state(-1)
+    feed.command(-1)  # streams fresh; paired while idle: not recorded
+    assert rec.pair_by_stamp and rec.start_episode(feed.now)[0]
+    feed.command(0)  # before its state: waits
+    feed.state(0)
+    feed.state(1)
+    feed.state(2)
+    feed.reward(0)
+    feed.command(1)  # the newest state (2) is not its state: paired with state 1
+    feed.reward(1)
+    feed.command(2)
+    feed.reward(2)  # reward before the next command and state
+    feed.state(3)
+    feed.reward(3)  # a reward before its sample waits for it
+    feed.command(3)
+    feed.state(5)  # state 4 was lost
+    feed.command(4)  # its state can no longer come: dropped at once ...
+    feed.reward(4)  # ... and its reward does not go to sample 5
+    feed.command(5)
+    feed.reward(5)
+    feed.command(6)  # state 6 never comes (lost) ...
+    rec.on_tick(feed.now + 5.0)  # ... but no clock tells that: the recorder may just be late
+    feed.reward(6)
+    assert rec.status(feed.now)["unpaired_dropped"] == 1
+    feed.state(7)  # a newer state: 6 will not come any more
+    assert rec.status(feed.now)["unpaired_dropped"] == 2
+    feed.command(7)
+    feed.reward(7)
+    assert rec.stop_episode(None, feed.now)[0] and rec.state == "idle"
+    status = rec.status(feed.now)
+    assert status["unpaired_dropped"] == 2 and status["pairing"] == "exact stamp"
+    assert status["unrewarded_dropped"] == 0
+    rec.shutdown()
+    _, [ep] = read_back(tmp_path)
+    taken = np.array([0, 1, 2, 3, 5, 7])
+    np.testing.assert_array_equal(ep["observation"][:, 0], taken)
+    np.testing.assert_allclose(ep["action"], np.stack([taken / 10, -taken / 10], 1), rtol=1e-6)
+    np.testing.assert_array_equal(ep["reward"], 10 * taken)
+    np.testing.assert_array_equal(ep["stamp/joint_states"], stamp_of(taken))
+    np.testing.assert_array_equal(ep["stamp/applied_commands"], stamp_of(taken))
+
+
+def test_exact_pairing_cuts_episodes_at_the_end_reports(tmp_path):
+    rec = make_recorder(tmp_path, EXACT, auto_episodes=True)
+    feed = ExactFeed(rec)
+    feed.state(0)
+    feed.command(-1)
+    feed.reward(0)
+    rec.on_event("reset", feed.now)  # taken before the previous episode's last messages
+    feed.command(0)  # a late step of the previous episode: its state is before the reset
+    feed.state(1)  # the previous episode's final state ...
+    feed.end(1)  # ... and its end report, before this episode's first step: not this one's end
+    feed.state(2)  # reset state
+    feed.command(2)
+    feed.state(3)
+    feed.reward(2)
+    rec.on_event("terminal", feed.now)  # taken before the final state and the reports before it
+    feed.command(3)
+    feed.state(4)  # final state
+    assert rec.state == "closing"  # the end is not known yet
+    feed.end(4)
+    assert rec.state == "closing"  # ... and reward 3 has not arrived
+    feed.reward(3)
+    assert rec.state == "idle"
+    feed.state(5)
+    feed.command(5)  # no episode open: not recorded
+    assert rec.status(feed.now)["outside_episode"] == 1
+    rec.shutdown()
+    _, [ep] = read_back(tmp_path)
+    np.testing.assert_array_equal(ep["observation"][:, 0], [2, 3])
+    np.testing.assert_allclose(ep["action"][:, 0], [0.2, 0.3], rtol=1e-6)
+    np.testing.assert_array_equal(ep["reward"], [20, 30])
+    assert ep["terminal"].tolist() == [False, True]

@@ -1,11 +1,13 @@
 """Sim node + scripted teleop + recorder over real DDS; the recording replays in MuJoCo.
 
-The sim runs in lockstep (it steps only once a command answered the state it published), so
-every recorded (state, action) pair is one the sim applied, on a loaded machine too. Short
+The sim runs in lockstep (it steps only once a command answered the state it published) and
+reports each command it applied on applied_commands, stamped like the state it was applied
+from; the recorder pairs each report with the state of the identical stamp, so every recorded
+(state, action) pair is one the sim applied, whatever order DDS delivers the topics in. Short
 episodes (max_episode_steps) end with "truncated" and the recorder records each one from the
 sim's reset. Each whole episode is replayed open-loop from its first recorded state with the
 ground-truth step: the replayed states and rewards match the recorded ones. The only difference
-is float32 rounding of the recorded actions (the sim applied the teleop's float64 commands):
+is float32 rounding of the recorded actions (the sim applied float64 commands):
 measured max error 2e-7..4e-6 over 60-step episodes, hence TOLERANCE 1e-4. A state/action pairing off
 by one step, or a held command, gives errors of 1e-2..1.
 """
@@ -73,13 +75,19 @@ def test_recorded_lockstep_sim_episodes_replay_in_mujoco(tmp_path):
     sim_counters = last_status(sim_status) if sim_status else "no sim status"
     first_seed = next(s for s in range(SEED, SEED + 20) if np.array_equal(
         task.reset(seed=s)[0], store.episode(0)["observation"][0]))
+    counters = last_status(recorder_status)
+    assert counters["pairing"] == "exact stamp", counters
     errors = []
     for i in range(store.n_episodes):
         episode = store.episode(i)
         observations, actions = episode["observation"], episode["action"].astype(np.float64)
         # each episode starts at the sim's reset (seed + episode index) and runs to truncation
         np.testing.assert_array_equal(observations[0], task.reset(seed=first_seed + i)[0])
-        assert len(actions) == EPISODE_STEPS and not episode["terminal"].any()
+        assert len(actions) == EPISODE_STEPS and not episode["terminal"].any(), (
+            f"episode {i}: {counters}")
+        # each action is the sim's report of what it applied from the state of the same stamp
+        np.testing.assert_array_equal(episode["stamp/applied_commands"],
+                                      episode["stamp/joint_states"])
         # lockstep: the sample after a state is the state one tick later (sim-time stamps)
         np.testing.assert_allclose(np.diff(episode["stamp/joint_states"]), task.control_dt,
                                    err_msg=f"episode {i}, sim: {sim_counters}")
@@ -93,4 +101,4 @@ def test_recorded_lockstep_sim_episodes_replay_in_mujoco(tmp_path):
             np.testing.assert_allclose(reward, episode["reward"][t], rtol=0, atol=TOLERANCE,
                                        err_msg=f"episode {i} reward {t}")
     print(f"replayed {store.n_episodes} episodes of {EPISODE_STEPS} steps: max state error "
-          f"{max(errors):.2e}")
+          f"{max(errors):.2e}; recorder {counters}")

@@ -82,20 +82,24 @@ def test_runtime_lockstep_applies_the_first_answer_to_each_state():
     runtime.submit_command([-0.5] * 6)  # a second command before the step is only held
     assert not runtime.awaiting_answer
     tick = runtime.tick()
+    assert tick.applied.tolist() == [0.5] * 6  # reported: the command the step applied
     state, _ = reference.step_from(state, np.full(6, 0.5))
     # (step_from starts from root x = 0: equal up to rounding)
     np.testing.assert_allclose(task.get_state(), state, rtol=0, atol=1e-9)
     assert runtime.awaiting_answer and tick.sim_time > first.sim_time
     runtime.answer_timed_out()  # no answer in time: the held command is applied
-    runtime.tick()
+    assert runtime.tick().applied.tolist() == [-0.5] * 6
     state, _ = reference.step_from(state, np.full(6, -0.5))
     np.testing.assert_allclose(task.get_state(), state, rtol=0, atol=1e-9)
     assert runtime.lockstep_timeouts == 1 and runtime.status()["lockstep_timeouts"] == 1
-    runtime.submit_command([0.1] * 6)
-    assert runtime.tick().events == ["truncated"]
+    runtime.submit_command([3.0] * 6)
+    last = runtime.tick()
+    assert last.events == ["truncated"] and last.applied.tolist() == [1.0] * 6  # clipped
     assert runtime.awaiting_answer  # the last state is answered too, before the reset
     runtime.submit_command([0.2] * 6)
-    assert runtime.tick().events == ["reset"] and runtime.gate.command.tolist() == [0.0] * 6
+    reset = runtime.tick()
+    assert reset.events == ["reset"] and runtime.gate.command.tolist() == [0.0] * 6
+    assert reset.applied is None  # the answer to the final state is never applied
 
 
 def test_runtime_without_lockstep_never_waits():
@@ -259,6 +263,7 @@ def test_lockstep_sim_waits_for_commands_and_resets_while_taking_them(ros):
     probe, start = ros
     status = probe.collect(String, "/sim/status", latched=True)
     states = probe.collect(JointState, "joint_states")
+    applied = probe.collect(JointState, "applied_commands")
     commands = probe.node.create_publisher(Float64MultiArray, "commands", 10)
     # No command within 60 s would time out: until the probe answers, the sim does not step.
     sim = start("sim", "serve", "--lockstep", "--lockstep-timeout", "60", "--publish-clock")
@@ -267,10 +272,18 @@ def test_lockstep_sim_waits_for_commands_and_resets_while_taking_them(ros):
     probe.spin_for(0.5)
     assert last_status(status)["steps"] == 0
     for answered in range(1, 4):  # each command answers the last state: one step each
-        commands.publish(Float64MultiArray(data=[0.5] * 6))
+        commands.publish(Float64MultiArray(data=[0.5 + answered] * 6))  # clipped to 1
         wait_status(probe, status, sim, lambda s: s["steps"] == answered, f"step {answered}")
     probe.spin_for(0.5)
     assert last_status(status)["steps"] == 3
+    # each step reports the command it applied, stamped like the state it was applied from
+    # (sim time: the reset state at 0.01 s, then the state each step produced)
+    def seconds(messages):
+        return [round(m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec, 6) for m in messages]
+    assert seconds(applied) == [0.01, 0.02, 0.03] and seconds(states)[-3:] == [0.02, 0.03, 0.04]
+    for report in applied:
+        assert list(report.name) == make_task("cheetah-run").actuator_names
+        assert list(report.effort) == [1.0] * 6 and not report.position and not report.velocity
     # ~/reset waits for the tick loop, which waits for the answer to its last state: the answer
     # must still be taken meanwhile (a reset blocking the executor would wait 60 s for it).
     client = probe.node.create_client(Trigger, "/sim/reset")
@@ -282,6 +295,9 @@ def test_lockstep_sim_waits_for_commands_and_resets_while_taking_them(ros):
     assert reply.result().success, reply.result().message
     s = wait_status(probe, status, sim, lambda s: s["episodes"] == 2, "the second episode")
     assert s["lockstep_timeouts"] == 0 and s["steps"] == 3
+    # the reset ended the episode at its last state: reported with nothing applied
+    probe.spin_until(lambda: len(applied) == 4, 10, "the end report", sim)
+    assert seconds(applied)[3] == 0.04 and not applied[3].effort
     stamps = [m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in states]
     assert np.allclose(np.diff(stamps), 0.01)  # one state per tick, none skipped
     assert sim.stop() == 0, sim.output()

@@ -292,7 +292,11 @@ def test_keyboard_episode_keys_drive_the_recorder(ros, tmp_path):
             probe.spin_until(lambda: teleop.output().count(answer) > before, 30,
                              f"{answer!r} after key {key!r}", teleop)
 
-        # The recorder refuses to start until it hears the sim and the teleop: retry until then.
+        # The recorder records the commands the sim applied (the spec's action.applied): wait
+        # until the sim hears the teleop, then retry until the recorder hears the sim.
+        status = probe.collect(String, "/sim/status", latched=True)
+        probe.spin_until(lambda: status and last_status(status)["commands_accepted"] > 0, 40,
+                         "the sim to receive the teleop's commands", sim)
         deadline = time.monotonic() + 40
         while "start: done" not in teleop.output():
             assert time.monotonic() < deadline, teleop.output() + recorder.output()
