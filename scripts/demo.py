@@ -1,4 +1,4 @@
-"""`make demo`: the whole loop on local defaults, in about 10 minutes on 2 cores.
+"""`make demo`: the whole loop on local defaults, in about 6 minutes on 2 cores.
 
 1. a MuJoCo cheetah runs as a ROS 2 robot (sim node), a scripted teleop drives it, and the
    recorder writes the episodes to a Zarr dataset over DDS;
