@@ -43,7 +43,10 @@ def test_closed_loop_over_dds_matches_in_process_eval(ros, policy_file):
                    "--trigger", "observation", "--stale-timeout-s", "60")
     probe.spin_until(lambda: policy_status, 60, "the policy node's status", policy)
     sim = start("sim", "serve", "--task", TASK, "--seed", str(SEED), "--realtime-factor", "0",
-                "--lockstep", "--no-auto-reset", "--max-episode-steps", str(EPISODE_STEPS))
+                "--lockstep", "--lockstep-timeout", "30", "--no-auto-reset",
+                "--max-episode-steps", str(EPISODE_STEPS))
+    # A generous lockstep timeout: on a loaded CI machine an answer can take over a second, and
+    # the sim must wait for it rather than step with the held command.
 
     def episode_over(episodes: int):
         return lambda: sim_status and last_status(sim_status)["episodes"] == episodes and \
