@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import statistics
 import time
@@ -91,6 +92,7 @@ def run(entries: list[BenchmarkEntry], seconds: float, rounds: int) -> list[tupl
     for entry in entries:
         ours_step = entry.ours()
         base_step = entry.baseline() if entry.baseline else None
+        gc.freeze()  # as the trainer does before its loop; both sides run with it
         ours, base = [], []
         for _ in range(rounds):
             ours.append(measure(ours_step, seconds))
@@ -110,13 +112,15 @@ def print_table(rows: list[tuple]) -> None:
 
 # --- ours -------------------------------------------------------------------------------------
 
-def ours_setup(agent_cls, config) -> Setup:
+def ours_setup(agent_cls, config, compile_losses: bool = False) -> Setup:
     def setup() -> StepFn:
         data = random_dataset()
         buffer = TransitionBuffer(**data)
         sampler = ReplaySampler(buffer, seed=0)
         agent = agent_cls(ACT_DIM, data["observations"].mean(0), data["observations"].std(0),
                           config=config, seed=0)
+        if compile_losses:
+            agent.compile_losses()  # compiles at the first update, in the warm-up
 
         def step() -> int:
             agent.update(sampler.sample(BATCH_SIZE))
@@ -242,6 +246,12 @@ register(BenchmarkEntry("TD3+BC update (batch 256)", "updates/s",
                         "plain CORL-style TD3+BC"))
 register(BenchmarkEntry("IQL update (batch 256)", "updates/s",
                         ours_setup(IQL, IQLConfig()), plain_iql_setup, "plain CORL-style IQL"))
+register(BenchmarkEntry("TD3+BC update, --compile", "updates/s",
+                        ours_setup(TD3BC, TD3BCConfig(), compile_losses=True), plain_td3bc_setup,
+                        "plain CORL-style TD3+BC"))
+register(BenchmarkEntry("IQL update, --compile", "updates/s",
+                        ours_setup(IQL, IQLConfig(), compile_losses=True), plain_iql_setup,
+                        "plain CORL-style IQL"))
 
 
 def main(argv: list[str] | None = None) -> None:

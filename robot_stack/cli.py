@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--generator-steps", type=int, help="diffusion training steps when training one")
     train.add_argument("--device", help="torch device (cpu, cuda)")
     train.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
+    train.add_argument("--compile", action="store_const", const=True,
+                       help="torch.compile the agent's losses (faster; needs a C++ compiler on a CPU)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 

@@ -7,6 +7,7 @@ of the real simulator against the random policy's.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from robot_stack.data import EpisodeStore, standard_keys
 from robot_stack.errors import ConfigError, DatasetError
 from robot_stack.learn.iql import IQL, IQLConfig, expectile_loss
+from robot_stack.learn.nets import FusedAdam
 from robot_stack.learn.replay import ReplaySampler, TransitionBuffer
 from robot_stack.learn.td3bc import TD3BC, TD3BCConfig
 from sim import make_task
@@ -210,6 +212,56 @@ def test_resume_from_checkpoint_is_bit_exact(agent_cls, dataset, buffer, tmp_pat
 
     assert resumed.total_steps == steps
     assert_same_state(full_state(resumed, resumed_sampler), full_state(straight, straight_sampler))
+
+
+def test_fused_adam_matches_torch_adam_and_survives_a_state_reload():
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+            for _ in range(3)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    nets[2].load_state_dict(nets[0].state_dict())
+
+    def groups(net):  # two groups with their own rates and weight decay, one scheduled
+        params = list(net.parameters())
+        return [{"params": params[:2]}, {"params": params[2:], "lr": 1e-2, "weight_decay": 0.1}]
+
+    reference = torch.optim.Adam(groups(nets[0]), lr=3e-3, fused=True)
+    fused = FusedAdam(groups(nets[1]), lr=3e-3)
+    reloaded = FusedAdam(groups(nets[2]), lr=3e-3)
+    optimisers = [reference, fused, reloaded]
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, [lambda s: 1.0, lambda s: 0.9 ** s])
+                  for o in optimisers]
+    for step in range(12):
+        x = torch.randn(32, 5)
+        for net, optimiser, scheduler in zip(nets, optimisers, schedulers):
+            optimiser.zero_grad(set_to_none=True)
+            net(x).square().mean().backward()
+            optimiser.step()
+            scheduler.step()
+        if step == 5:  # new state tensors: the cached ones must not be used afterwards
+            reloaded.load_state_dict(copy.deepcopy(reloaded.state_dict()))
+    for net in nets[1:]:
+        assert_same_state(net.state_dict(), nets[0].state_dict())
+    assert_same_state(fused.state_dict(), reference.state_dict())
+    assert_same_state(reloaded.state_dict(), reference.state_dict())
+
+
+@pytest.mark.parametrize("agent_cls", [TD3BC, IQL])
+def test_compiled_losses_train_like_the_eager_ones(agent_cls, dataset, buffer):
+    eager, compiled = make_agent(agent_cls, dataset, seed=3), make_agent(agent_cls, dataset, seed=3)
+    compiled.compile_losses()
+    eager_log, compiled_log = train(eager, buffer, 10), train(compiled, buffer, 10)
+    # Fused kernels sum in another order: equal up to float32 rounding, not bit for bit.
+    for key in eager_log:
+        assert compiled_log[key] == pytest.approx(eager_log[key], rel=1e-4, abs=1e-5)
+    for (name, p), q in zip(eager.actor.named_parameters(), compiled.actor.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compiling_without_a_cxx_compiler_names_the_fix(dataset, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no g++, c++ or clang++
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        make_agent(TD3BC, dataset).compile_losses()
 
 
 def test_checkpoint_with_other_hyperparameters_is_refused(dataset):

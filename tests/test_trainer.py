@@ -81,9 +81,11 @@ def test_pgd_run_resumes_exactly_with_its_synthetic_buffer(dataset, tmp_path):
     assert (tmp_path / "split" / "generator" / "config.json").is_file()
 
 
-def test_iql_run_evaluates_in_mujoco(dataset, tmp_path, capsys):
+def test_compiled_iql_run_evaluates_in_mujoco(dataset, tmp_path, capsys):
     out = tmp_path / "iql"
-    assert robot_stack(train_args(dataset, out, 100, "--algo", "iql", "--eval-every", "100")) == 0
+    assert robot_stack(train_args(dataset, out, 100, "--algo", "iql", "--eval-every", "100",
+                                  "--compile")) == 0
+    assert json.loads((out / "config.json").read_text())["compile"] is True
     result = json.loads((out / "result.json").read_text())
     assert result["eval"]["task"] == "cheetah-run" and result["eval"]["episodes"] == 1
     rows = list(csv.DictReader(open(out / "metrics.csv")))

@@ -90,6 +90,7 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 class IQL(OfflineAgent):
     STATEFUL = ("actor", "critic", "critic_target", "value", "optimizer", "scheduler")
+    LOSSES = ("losses",)
 
     def __init__(self, act_dim: int, obs_mean: np.ndarray, obs_std: np.ndarray,
                  config: IQLConfig | None = None, seed: int = 0,
@@ -97,6 +98,7 @@ class IQL(OfflineAgent):
         self.config = config = config or IQLConfig()
         if not 0.0 < config.expectile < 1.0:
             raise ConfigError(f"expectile must be in (0, 1), got {config.expectile}")
+        self.device = torch.device(device)
         obs_dim = len(obs_mean)
         normalizer = make_normalizer(obs_mean, obs_std, config.normalize_states)
         with seeded_init(seed):
@@ -118,8 +120,19 @@ class IQL(OfflineAgent):
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One step of value, critic and actor. Returns 0-d loss tensors (no .item() sync)."""
-        cfg = self.config
         self.total_steps += 1
+        value_loss, critic_loss, actor_loss = self.losses(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        (value_loss + critic_loss + actor_loss).backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        soft_update(self.critic_target, self.critic, self.config.tau)
+        return {"value_loss": value_loss.detach(), "critic_loss": critic_loss.detach(),
+                "actor_loss": actor_loss.detach()}
+
+    def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Expectile value loss, critic MSE to r + gamma V(s'), advantage-weighted actor loss."""
+        cfg = self.config
         obs = self.actor.normalizer(batch.observations)
         next_obs = self.actor.normalizer(batch.next_observations)
 
@@ -137,11 +150,4 @@ class IQL(OfflineAgent):
 
         adv_weight = torch.exp(cfg.beta * advantage.detach()).clamp(max=cfg.max_adv_weight)
         actor_loss = -(adv_weight * self.actor.log_prob_normalized(obs, batch.actions)).mean()
-
-        self.optimizer.zero_grad(set_to_none=True)
-        (value_loss + critic_loss + actor_loss).backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        soft_update(self.critic_target, self.critic, cfg.tau)
-        return {"value_loss": value_loss.detach(), "critic_loss": critic_loss.detach(),
-                "actor_loss": actor_loss.detach()}
+        return value_loss, critic_loss, actor_loss

@@ -148,7 +148,7 @@ class ReplaySampler:
 
     def _draw(self, buffer: TransitionBuffer, n: int) -> torch.Tensor:
         index = torch.randint(len(buffer), (n,), generator=self.generator, device=buffer.device)
-        return buffer.data[index]
+        return buffer.data.index_select(0, index)  # same rows as data[index], a faster kernel
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -55,6 +55,7 @@ class DeterministicActor(TanhMLPActor):
 class TD3BC(OfflineAgent):
     STATEFUL = ("actor", "critic", "actor_target", "critic_target", "actor_optimizer",
                 "critic_optimizer", "noise_generator")
+    LOSSES = ("critic_loss", "actor_loss")
 
     def __init__(self, act_dim: int, obs_mean: np.ndarray, obs_std: np.ndarray,
                  config: TD3BCConfig | None = None, seed: int = 0,
@@ -84,30 +85,15 @@ class TD3BC(OfflineAgent):
         """
         cfg = self.config
         self.total_steps += 1
-        obs = self.actor.normalizer(batch.observations)
-        next_obs = self.actor.normalizer(batch.next_observations)
-        actions = batch.actions
-
-        with torch.no_grad():
-            noise = torch.randn(actions.shape, generator=self.noise_generator, device=self.device)
-            noise = (noise * cfg.policy_noise).clamp_(-cfg.noise_clip, cfg.noise_clip)
-            next_actions = (self.actor_target.forward_normalized(next_obs) + noise).clamp_(-1.0, 1.0)
-            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
-            target_q = batch.rewards + (1.0 - batch.terminals) * cfg.discount * target_q
-
-        q = self.critic(obs, actions)
-        # Sum over the two critics of their MSE, as CORL's mse(Q1) + mse(Q2).
-        critic_loss = (q - target_q).square().mean(dim=1).sum()
+        noise = torch.randn(batch.actions.shape, generator=self.noise_generator, device=self.device)
+        critic_loss = self.critic_loss(batch, noise)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
         log = {"critic_loss": critic_loss.detach()}
 
         if self.total_steps % cfg.policy_freq == 0:
-            pi = self.actor.forward_normalized(obs)
-            q1 = self.critic(obs, pi, n_members=1)[0]
-            lmbda = cfg.alpha / q1.abs().mean().detach()
-            actor_loss = -lmbda * q1.mean() + F.mse_loss(pi, actions)
+            actor_loss = self.actor_loss(batch)
             self.actor_optimizer.zero_grad(set_to_none=True)
             # Only the actor learns from this loss: skip the critic's weight gradients.
             actor_loss.backward(inputs=list(self.actor.parameters()))
@@ -116,3 +102,25 @@ class TD3BC(OfflineAgent):
             soft_update(self.actor_target, self.actor, cfg.tau)
             log["actor_loss"] = actor_loss.detach()
         return log
+
+    def critic_loss(self, batch: Batch, noise: torch.Tensor) -> torch.Tensor:
+        """Sum over the two critics of their MSE to the clipped double-Q target, as CORL's
+        mse(Q1) + mse(Q2); noise ~ N(0, 1) of the actions' shape smooths the target policy."""
+        cfg = self.config
+        obs = self.actor.normalizer(batch.observations)
+        next_obs = self.actor.normalizer(batch.next_observations)
+        with torch.no_grad():
+            noise = (noise * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+            next_actions = (self.actor_target.forward_normalized(next_obs) + noise).clamp(-1.0, 1.0)
+            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
+            target_q = batch.rewards + (1.0 - batch.terminals) * cfg.discount * target_q
+        q = self.critic(obs, batch.actions)
+        return (q - target_q).square().mean(dim=1).sum()
+
+    def actor_loss(self, batch: Batch) -> torch.Tensor:
+        """-lambda * Q1(s, pi(s)) + (pi(s) - a)^2 with lambda = alpha / mean|Q1|."""
+        obs = self.actor.normalizer(batch.observations)
+        pi = self.actor.forward_normalized(obs)
+        q1 = self.critic(obs, pi, n_members=1)[0]
+        lmbda = self.config.alpha / q1.abs().mean().detach()
+        return -lmbda * q1.mean() + F.mse_loss(pi, batch.actions)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gc
 import importlib
 import json
 import os
@@ -61,6 +62,9 @@ class TrainConfig:
     # torch intra-op threads. One by default: on 2 shared cores a second thread mostly waits for
     # a busy core (measured up to 10x slower); raise it on a machine with idle cores.
     threads: int = 1
+    # torch.compile the agent's loss functions: ~8% more updates/s, ~10 s to compile, needs a
+    # C++ compiler on a CPU (nets.OfflineAgent.compile_losses).
+    compile: bool = False
 
     def validate(self) -> None:
         if self.algo not in ALGOS:
@@ -288,6 +292,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     obs_stats = store.stats()["observation"]
     agent = build_agent(cfg.algo, buffer.act_dim, obs_stats["mean"], obs_stats["std"],
                         agent_config(cfg, buffer), seed=cfg.seed, device=cfg.device)
+    if cfg.compile:
+        agent.compile_losses()
     sampler = ReplaySampler(buffer, seed=cfg.seed)
     source = SyntheticSource(cfg, run_dir, store, log) if cfg.synthetic != "none" else None
     synthetic, regen_round, step = None, 0, 0
@@ -315,6 +321,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     fraction = cfg.synthetic_fraction if source else 0.0
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.algo}+{cfg.synthetic}",
                unit="step", dynamic_ncols=True)
+    # Everything built so far (modules, data, MuJoCo bindings) leaves the garbage collector's
+    # view: its full collections walked all of it every few hundred updates (~3% of the time).
+    gc.freeze()
     start = time.perf_counter()
     losses: dict[str, list] = {}
     while step < cfg.steps:
