@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                   "ticks": timer_status["ticks"] - ticks_before,
                   "commands_received_in_window": commands_in_window,
                   "expected_in_window": int(cfg.seconds * cfg.rate_hz),
+                  "tick_lateness": timer_status["tick_lateness"],
                   "loop": timer_status["loop"], "inference": timer_status["inference"]},
     }
     e, o = result["echo"], result["observation"]

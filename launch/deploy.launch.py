@@ -32,9 +32,13 @@ def generate_launch_description() -> LaunchDescription:
                               description="auto (CUDA, then CPU) | tensorrt | cuda | cpu"),
         DeclareLaunchArgument("trigger", default_value="timer",
                               description="timer (spec rate) | observation (one per message)"),
+        DeclareLaunchArgument("thread_priority", default_value="50",
+                              description="SCHED_FIFO priority of the control thread; 0 = normal "
+                              "scheduling (needs CAP_SYS_NICE, else a warning)"),
         robot_stack_node("policy_node", "policy", [
             {"policy": absolute("policy"), "spec": absolute("spec"),
              "provider": LaunchConfiguration("provider"),
-             "trigger": LaunchConfiguration("trigger")},
+             "trigger": LaunchConfiguration("trigger"),
+             "thread_priority": LaunchConfiguration("thread_priority")},
         ]),
     ])

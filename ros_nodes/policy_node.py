@@ -13,14 +13,16 @@ come from the robot spec):
 trigger `timer`: one command per tick at rate_hz; `observation`: one command per observation
 message, per enable/e-stop event, and one safe command when the observations turn stale.
 The control path (observation subscriptions, command publisher) belongs to a second node,
-`<name>_control`, spun by its own executor in the control thread (run_node's main loop): a slow
-service, e-stop or status callback in the other executor does not hold up observations or ticks,
-and an observation is answered in its own callback, without a thread hand-off.
+`<name>_control`, served in the main thread by a ControlLoop (ros_nodes/control_loop.py: one
+wait set, no executor, ticks on deadlines), while the admin node (services, e-stop, status)
+spins in an executor thread: a slow admin callback does not hold up observations or ticks,
+and an observation is answered as soon as it is taken, without a thread hand-off.
 Logic (metadata checks, safety, latency statistics): robot_stack/deploy/runtime.py.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import threading
 import time
@@ -28,18 +30,18 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from robot_stack.deploy.runtime import (OnnxPolicy, PolicyRunner, SafetyConfig, TickMonitor,
-                                        check_compatible)
+from robot_stack.deploy.runtime import OnnxPolicy, PolicyRunner, SafetyConfig, check_compatible
 from robot_stack.errors import ConfigError
 from robot_stack.spec import JOINT_STATE, MalformedMessage, load_spec
 from ros_nodes import convert
+from ros_nodes.control_loop import ControlLoop
 from ros_nodes.node_main import node_main
 
 TRIGGERS = ("timer", "observation")
@@ -54,6 +56,7 @@ PARAMETERS = {  # name: (default, description)
     "max_delta": (0.0, "largest command change per tick; 0 = no rate limit"),
     "enabled": (True, "start enabled"),
     "status_rate": (5.0, "Hz of ~/status and /diagnostics"),
+    "thread_priority": (50, "SCHED_FIFO priority of the control thread; 0 = normal scheduling"),
 }
 
 
@@ -80,7 +83,6 @@ class PolicyNode(Node):
         self.runner.set_enabled(p["enabled"])
         self.trigger = p["trigger"]
         self.period = 1.0 / (p["rate_hz"] or self.spec.rate_hz)
-        self.monitor = TickMonitor(self.period)
         self.lock = threading.Lock()  # the runner: admin callbacks vs the control thread
         self.tick_due = False  # an enable/e-stop event to answer in observation mode
         self.stale_reported = False
@@ -94,7 +96,9 @@ class PolicyNode(Node):
         self.control = rclpy.create_node(control_name, context=self.context,
                                          namespace=self.get_namespace(),
                                          cli_args=["--ros-args", "-r", f"__node:={control_name}"],
-                                         start_parameter_services=False)
+                                         start_parameter_services=False,
+                                         parameter_overrides=[Parameter(
+                                             "start_type_description_service", value=False)])
         self.command_pub = self.control.create_publisher(Float64MultiArray,
                                                          self.spec.action.topic, 10)
         self.status_pub = self.create_publisher(
@@ -111,6 +115,8 @@ class PolicyNode(Node):
         self.create_service(SetBool, "~/enable", self.on_enable)
         self.create_service(Trigger, "~/reset_estop", self.on_reset_estop)
         self.create_timer(1.0 / p["status_rate"], self.publish_status)
+        self.control_loop = ControlLoop(self.control, self.period, self.on_deadline,
+                                        priority=p["thread_priority"])
         meta = self.policy.metadata
         self.get_logger().info(
             f"policy {p['policy']} (task {meta.task}, run {meta.training_run}) on "
@@ -151,7 +157,8 @@ class PolicyNode(Node):
         # Read without the lock: counters may be one tick apart, the control loop never waits.
         status = self.runner.status()
         status.update(provider=self.policy.provider, trigger=self.trigger,
-                      rate_hz=1 / self.period, missed_ticks=self.monitor.missed,
+                      rate_hz=1 / self.period, missed_ticks=self.control_loop.schedule.missed,
+                      tick_lateness=self.control_loop.schedule.lateness.summary(),
                       task=self.policy.metadata.task)
         self.status_pub.publish(convert.status_msg(status))
         level = (DiagnosticStatus.ERROR if status["estop"] else DiagnosticStatus.OK
@@ -168,9 +175,8 @@ class PolicyNode(Node):
         if self.trigger == "observation":
             self.tick()
 
-    def on_timer(self) -> None:
+    def on_deadline(self) -> None:
         if self.trigger == "timer":
-            self.monitor.tick(time.monotonic())
             self.tick()
         elif self.tick_due or self._newly_stale():
             # Observation trigger: between observations, answer enable/e-stop events and
@@ -179,13 +185,15 @@ class PolicyNode(Node):
             self.tick()
 
     def run(self) -> None:
-        self.control.create_timer(self.period, self.on_timer)
-        self.control_executor = SingleThreadedExecutor(context=self.context)
-        self.control_executor.add_node(self.control)
+        # What start-up built (onnxruntime, numpy, rclpy) leaves the garbage collector's view,
+        # so that its collections in the control thread stay short.
+        gc.freeze()
+        # A thread waiting for the GIL asks its holder to let go after this interval (5 ms by
+        # default): a status callback in the admin thread could otherwise hold ticks that long.
+        sys.setswitchinterval(1e-4)
         try:
-            self.control_executor.spin()
+            self.control_loop.run()
         finally:
-            self.control_executor.shutdown()
             self.control.destroy_node()
 
     def _newly_stale(self) -> bool:
@@ -228,12 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-delta", type=float, help="rate limit per tick (default none)")
     parser.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None,
                         help="start enabled (default on)")
+    parser.add_argument("--thread-priority", type=int,
+                        help="SCHED_FIFO priority of the control thread, 0 = normal scheduling "
+                        "(default 50; needs CAP_SYS_NICE, else a warning and normal scheduling)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     options = ("policy", "spec", "provider", "trigger", "rate_hz", "stale_timeout_s",
-               "safe_action", "max_delta", "enabled")
+               "safe_action", "max_delta", "enabled", "thread_priority")
     return node_main(argv, build_parser(), {name: name for name in options}, PolicyNode,
                      PolicyNode.run)
 

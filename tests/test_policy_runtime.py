@@ -12,7 +12,7 @@ import yaml
 from deployutil import exported_policy
 from robot_stack.deploy.runtime import (BAD_OBSERVATION, BAD_OUTPUT, CPU, DISABLED, ESTOP,
                                         NO_OBSERVATION, STALE, LatencyStats, OnnxPolicy,
-                                        PolicyRunner, SafetyConfig, TickMonitor,
+                                        PolicyRunner, SafetyConfig, TickSchedule,
                                         check_compatible, choose_providers)
 from robot_stack.errors import ConfigError
 from robot_stack.learn.trainer import load_policy
@@ -186,7 +186,11 @@ def test_latency_stats_and_missed_ticks():
     assert summary["count"] == 200 and summary["max_ms"] == 200.0
     assert summary["p50_ms"] == pytest.approx(150.5) and summary["p99_ms"] == pytest.approx(199.01)
 
-    monitor = TickMonitor(period=0.001)
-    for t in [0.0, 0.001, 0.0021, 0.0052, 0.0061]:  # the gap of 3.1 ms skipped two ticks
-        monitor.tick(t)
-    assert monitor.missed == 2
+    schedule = TickSchedule(period=0.001, start=0.0)  # deadlines at 1, 2, 3, ... ms
+    assert schedule.wait_time(0.0004) == pytest.approx(0.0006) and not schedule.due(0.0009)
+    for t in [0.0010, 0.0029, 0.0052, 0.0061]:  # 2.9 ms is 0.9 ms late but still its own tick;
+        assert schedule.due(t)                 # by 5.2 ms the deadlines 3 and 4 ms have passed
+        schedule.tick(t)
+    assert schedule.missed == 2 and schedule.deadline == pytest.approx(0.007)
+    assert schedule.lateness.summary()["max_ms"] == pytest.approx(0.9)
+    assert schedule.wait_time(0.0080) == 0.0

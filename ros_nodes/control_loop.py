@@ -1,0 +1,110 @@
+"""A control loop for one rclpy node without an executor.
+
+rclpy's executors rebuild a wait set and wrap every callback in a task on each turn: about
+0.1-0.2 ms of Python per message, more than the policy's inference, and at 1 kHz enough for
+ticks to run a whole period late. This loop keeps one rcl wait set over the node's
+subscriptions, calls each subscription's callback straight from the taken message, and runs
+`on_tick` at deadlines every `period` (robot_stack.deploy.runtime.TickSchedule); it waits for
+whichever comes first: a message, the next deadline or a shutdown. rclpy's own
+wait_for_message uses the same wait-set calls.
+
+The node given here must have only subscriptions (publishers need no waiting): timers,
+services and clients belong to a node spun elsewhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Callable
+
+from rclpy.guard_condition import GuardCondition
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerGuardCondition
+
+from robot_stack.deploy.runtime import TickSchedule
+
+
+class ControlLoop:
+    def __init__(self, node: Node, period: float, on_tick: Callable[[], None],
+                 priority: int = 0):
+        if any(True for _ in (*node.timers, *node.services, *node.clients)):
+            raise ValueError(f"{node.get_name()} has timers, services or clients: the control "
+                             "loop serves subscriptions only (create the node with "
+                             "start_parameter_services=False and start_type_description_service "
+                             "False)")
+        self.node = node
+        self.on_tick = on_tick
+        self.priority = priority
+        self.schedule = TickSchedule(period, time.monotonic())
+        self._stop: GuardCondition | None = GuardCondition(None, None, context=node.context)
+        self._stop_lock = threading.Lock()  # stop() may race the end of run()
+        self._stopping = False
+        node.context.on_shutdown(self.stop)  # a shutdown from any thread wakes the wait
+
+    def stop(self) -> None:
+        """Makes run() return soon, from any thread."""
+        with self._stop_lock:
+            self._stopping = True
+            if self._stop is not None:
+                self._stop.trigger()
+
+    def run(self) -> None:
+        """Serves messages and ticks until stop() or the context shuts down (rclpy.shutdown,
+        SIGINT, SIGTERM)."""
+        context = self.node.context
+        if self.priority > 0:
+            self._enter_realtime()
+        subscriptions = list(self.node.subscriptions)
+        signalled = SignalHandlerGuardCondition(context=context)
+        try:
+            self._serve(context, subscriptions, signalled)
+        finally:
+            signalled.destroy()
+            with self._stop_lock:
+                self._stop.destroy()
+                self._stop = None
+
+    def _serve(self, context, subscriptions, signalled: GuardCondition) -> None:
+        with contextlib.ExitStack() as handles:  # entered handles cannot be destroyed under us
+            for sub in subscriptions:
+                handles.enter_context(sub.handle)
+            wait_set = _rclpy.WaitSet(len(subscriptions), 2, 0, 0, 0, 0, context.handle)
+            self.schedule = TickSchedule(self.schedule.period, time.monotonic())
+            while context.ok() and not self._stopping:
+                wait_set.clear_entities()
+                for sub in subscriptions:
+                    wait_set.add_subscription(sub.handle)
+                wait_set.add_guard_condition(signalled.handle)
+                wait_set.add_guard_condition(self._stop.handle)
+                try:
+                    wait_set.wait(int(self.schedule.wait_time(time.monotonic()) * 1e9))
+                except Exception:
+                    if context.ok():
+                        raise
+                    return  # the context went down under the wait: a normal stop
+                ready = wait_set.get_ready_entities("subscription")
+                for sub in subscriptions:
+                    if sub.handle.pointer in ready:
+                        taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                        if taken is not None:
+                            sub.callback(taken[0])
+                now = time.monotonic()
+                if self.schedule.due(now):
+                    self.schedule.tick(now)
+                    self.on_tick()
+
+    def _enter_realtime(self) -> None:
+        """SCHED_FIFO at self.priority for this thread, as ros2_control's controller manager
+        does: other processes' threads on the same cores then cannot delay a tick. It needs
+        CAP_SYS_NICE (root, or an rtprio limit in /etc/security/limits.conf); without it the
+        loop runs under normal scheduling and says so."""
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.priority))
+            self.node.get_logger().info(f"control loop runs SCHED_FIFO priority {self.priority}")
+        except (PermissionError, OSError) as e:
+            self.node.get_logger().warning(
+                f"could not set SCHED_FIFO priority {self.priority} ({e.strerror}): the control "
+                "loop runs under normal scheduling; grant rtprio to the user for tighter timing")
