@@ -224,7 +224,7 @@ class OfflineAgent:
 
     def compile_losses(self) -> None:
         """torch.compile the loss methods (forward and backward), leaving the optimiser steps
-        eager. On a CPU this fuses the elementwise work around the matmuls, about 8% more TD3+BC
+        eager. On a CPU this fuses the elementwise work around the matmuls, about 15% more TD3+BC
         updates/s at batch 256 (benchmarks/train_throughput.py), for ~10 s of compiling at the
         first update. Inductor builds C++ kernels on a CPU, so it needs a C++ compiler there."""
         if self.device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):

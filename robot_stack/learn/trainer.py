@@ -62,7 +62,7 @@ class TrainConfig:
     # torch intra-op threads. One by default: on 2 shared cores a second thread mostly waits for
     # a busy core (measured up to 10x slower); raise it on a machine with idle cores.
     threads: int = 1
-    # torch.compile the agent's loss functions: ~8% more updates/s, ~10 s to compile, needs a
+    # torch.compile the agent's loss functions: ~15% more updates/s, ~10 s to compile, needs a
     # C++ compiler on a CPU (nets.OfflineAgent.compile_losses).
     compile: bool = False
 
