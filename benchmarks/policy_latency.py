@@ -15,6 +15,7 @@ The echo and observation runs alternate (--rounds) so that load from elsewhere h
 
     .venv/bin/python benchmarks/policy_latency.py --policy policy.onnx             # 60 s per run
     .venv/bin/python benchmarks/policy_latency.py --policy policy.onnx --seconds 10
+    .venv/bin/python benchmarks/policy_latency.py --policy policy.onnx --pin  # one core each
 Goals: p99 ratio (policy / echo) <= 1.10; no missed ticks in timer mode at 1 kHz.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Config:
     rounds: int = 2  # echo / observation alternations
     table_size: int = 1000  # distinct observations cycled through (1 s at 1 kHz)
     domain_id: int = 58
+    pin: bool = False  # publisher on CPU 0, the node under test (echo or policy) on CPU 1
     spec: str = str(REPO / "config/robot_cheetah_sim.yaml")
     warmup_s: float = 2.0
 
@@ -167,8 +169,9 @@ class Driver:
 
 def start_process(args: list[str], cfg: Config, log: Path) -> subprocess.Popen:
     env = dict(os.environ, ROS_DOMAIN_ID=str(cfg.domain_id), PYTHONUNBUFFERED="1")
+    pin = (lambda: os.sched_setaffinity(0, {1})) if cfg.pin else None
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=pin)
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -211,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=Config.seconds)
     parser.add_argument("--rounds", type=int, default=Config.rounds)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin this publisher to CPU 0 and the node under test (echo or "
+                        "policy alike) to CPU 1, so that they do not compete for a core")
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)  # the baseline
     options = parser.parse_args(argv)
     if options.echo:
@@ -219,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if not options.policy:
         parser.error("--policy is required: export one with `robot-stack export RUN --out FILE`")
     cfg = Config(policy=str(Path(options.policy).resolve()), seconds=options.seconds,
-                 rounds=options.rounds)
+                 rounds=options.rounds, pin=options.pin)
+    if cfg.pin:
+        os.sched_setaffinity(0, {0})  # before the DDS threads start: they inherit it
     from robot_stack.deploy.runtime import OnnxPolicy
 
     names, qpos, qvel = observation_table(cfg.table_size)
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "load": {"rate_hz": cfg.rate_hz, "seconds_per_run": cfg.seconds, "rounds": cfg.rounds,
-                 "cpus": os.cpu_count(), "loadavg_1min": os.getloadavg()[0]},
+                 "cpus": os.cpu_count(), "pinned": cfg.pin, "loadavg_1min": os.getloadavg()[0]},
         "echo": summary(echo),
         "observation": summary(observation),
         "timer": {"missed_ticks": timer_status["missed_ticks"] - missed_before,

@@ -14,8 +14,7 @@ import threading
 from typing import Callable
 
 import rclpy
-from rclpy.executors import (Executor, ExternalShutdownException, MultiThreadedExecutor,
-                             SingleThreadedExecutor)
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.utilities import remove_ros_args
@@ -40,16 +39,6 @@ def parameter_overrides(options: argparse.Namespace, names: dict[str, str]) -> l
             if getattr(options, attr) is not None]
 
 
-class _DrainingMultiThreadedExecutor(MultiThreadedExecutor):
-    """rclpy's MultiThreadedExecutor.shutdown destroys the executor's guard condition before its
-    worker threads have run the callbacks already handed to them; those then fail on it and
-    rclpy prints "exception was never retrieved" at exit. Letting them finish first avoids it."""
-
-    def shutdown(self, timeout_sec=None, *, wait_for_threads: bool = True) -> bool:
-        self._executor.shutdown(wait=True)  # the worker thread pool
-        return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
-
-
 def _spin(executor: Executor) -> None:
     try:
         executor.spin()
@@ -67,20 +56,18 @@ def _ignore_stop_signals() -> None:
 
 
 def run_node(ros_args: list[str], make_node: Callable[[], Node],
-             main_loop: Callable[[Node], None] | None = None, executor_threads: int = 1) -> int:
+             main_loop: Callable[[Node], None] | None = None) -> int:
     """Creates the node and spins it until shutdown.
 
     With ``main_loop``, the executor spins in a background thread (subscriptions, services,
     timers) while ``main_loop(node)`` runs in the main thread; it must return once
-    ``rclpy.ok()`` is false. ``executor_threads`` > 1: a MultiThreadedExecutor, for nodes
-    whose callbacks in separate callback groups must not wait for each other.
+    ``rclpy.ok()`` is false.
     """
     rclpy.init(args=ros_args)
     node = executor = spinner = None
     try:
         node = make_node()
-        executor = (SingleThreadedExecutor() if executor_threads == 1
-                    else _DrainingMultiThreadedExecutor(num_threads=executor_threads))
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         if main_loop is None:
             executor.spin()
@@ -112,7 +99,7 @@ def run_node(ros_args: list[str], make_node: Callable[[], Node],
 
 def node_main(argv: list[str] | None, parser: argparse.ArgumentParser, parameters: dict[str, str],
               make_node: Callable[[list[Parameter]], Node],
-              main_loop: Callable[[Node], None] | None = None, executor_threads: int = 1) -> int:
+              main_loop: Callable[[Node], None] | None = None) -> int:
     """A node's whole `main(argv)`: its options become parameter overrides (``parameters``
     maps option attribute -> parameter name), then run_node; bad input (RobotStackError)
     is one line on stderr and exit status 2, as in the robot-stack CLI."""
@@ -120,7 +107,7 @@ def node_main(argv: list[str] | None, parser: argparse.ArgumentParser, parameter
     options, ros_args = parse_node_args(parser, argv)
     overrides = parameter_overrides(options, parameters)
     try:
-        return run_node(ros_args, lambda: make_node(overrides), main_loop, executor_threads)
+        return run_node(ros_args, lambda: make_node(overrides), main_loop)
     except RobotStackError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

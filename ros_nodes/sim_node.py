@@ -41,7 +41,7 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosgraph_msgs.msg import Clock
@@ -105,10 +105,18 @@ class SimNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.use_sim_stamps else None
         self.create_subscription(Float64MultiArray, "commands", self.on_command, 10)
-        # The reset callback waits for the tick loop; in a group of its own (and with a
-        # multi-threaded executor, see main) commands are still taken meanwhile.
-        self.create_service(Trigger, "~/reset", self.on_reset,
-                            callback_group=ReentrantCallbackGroup())
+        # The reset callback waits for the tick loop, which in lockstep first waits for the
+        # answer to its last state: the service lives on a node of its own, spun by its own
+        # executor thread (run), so that commands are taken meanwhile. (rclpy's
+        # MultiThreadedExecutor did this before, but piled up thousands of pending futures
+        # and spun at 100% CPU, which starved the tick loop: lockstep crawled at ~5 Hz.)
+        reset_name = f"{self.get_name()}_reset"
+        self.reset_node = rclpy.create_node(reset_name, context=self.context,
+                                            namespace=self.get_namespace(),
+                                            cli_args=["--ros-args", "-r", f"__node:={reset_name}"],
+                                            start_parameter_services=False)
+        self.reset_node.create_service(Trigger, f"{self.get_fully_qualified_name()}/reset",
+                                       self.on_reset)
         self.get_logger().info(
             f"{task.name}: {task.act_dim} actions, {1 / task.control_dt:g} Hz, "
             f"realtime_factor {p['realtime_factor']:g}, auto_reset {p['auto_reset']}, "
@@ -137,6 +145,31 @@ class SimNode(Node):
         return response
 
     def run(self) -> None:
+        reset_executor = SingleThreadedExecutor(context=self.context)
+        reset_executor.add_node(self.reset_node)
+        reset_thread = threading.Thread(target=self._spin_reset, args=(reset_executor,),
+                                        daemon=True)
+        reset_thread.start()
+        try:
+            self.tick_loop()
+        finally:
+            # The tick loop ends when the context shuts down, which ends that spin too; it
+            # must have left its wait before its executor and node go (see node_main).
+            reset_thread.join(timeout=5.0)
+            reset_executor.shutdown()
+            self.reset_node.destroy_node()
+
+    @staticmethod
+    def _spin_reset(executor: SingleThreadedExecutor) -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+        except Exception:
+            if rclpy.ok():
+                raise
+
+    def tick_loop(self) -> None:
         while rclpy.ok():
             self.wait_for_answer()
             self.pacer.wait()
@@ -237,9 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     options = ("task", "seed", "realtime_factor", "auto_reset", "publish_clock", "lockstep",
                "lockstep_timeout", "max_episode_steps")
-    # two executor threads: the ~/reset callback waits for the tick loop while commands go on
-    return node_main(argv, build_parser(), {name: name for name in options}, SimNode, SimNode.run,
-                     executor_threads=2)
+    return node_main(argv, build_parser(), {name: name for name in options}, SimNode, SimNode.run)
 
 
 if __name__ == "__main__":
