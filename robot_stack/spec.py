@@ -222,33 +222,43 @@ class RobotSpec:
             self.observation_dtype, copy=False)
 
     def observation_from_messages(self, messages: Mapping[str, Mapping[str, Any]]) -> np.ndarray:
-        """Observation from the latest message fields of each observation topic (policy node)."""
-        parts: dict[str, np.ndarray] = {}
-        for s in self.streams.values():
-            if s.role == "observation":
-                if s.topic not in messages:
-                    raise MalformedMessage(f"no message on {s.topic} yet")
-                parts.update(self.parse(s.name, messages[s.topic]))
-        return self.observation_vector(parts)
+        """Observation from the latest message fields of each observation topic (policy node,
+        teleop). It runs in every control tick, so the parts are copied straight into one
+        vector and checked for finite values once (the per-part checks of parse() only to
+        name the bad part)."""
+        out = np.empty(self.obs_dim)
+        start = 0
+        for part in self.observation:
+            fields = messages.get(part.topic)
+            if fields is None:
+                raise MalformedMessage(f"no message on {part.topic} yet")
+            out[start:start + part.size] = self._part_values(part, fields)
+            start += part.size
+        if not np.isfinite(out).all():
+            for part in self.observation:
+                self._extract_part(part, messages[part.topic])  # raises, naming the part
+        return out.astype(self.observation_dtype, copy=False)
 
     def _extract_part(self, part: ObservationPart, fields: Mapping[str, Any]) -> np.ndarray:
+        out = self._part_values(part, fields)
+        if not np.isfinite(out).all():
+            raise MalformedMessage(f"{part.topic}: non-finite {part.name} value")
+        return out
+
+    def _part_values(self, part: ObservationPart, fields: Mapping[str, Any]) -> np.ndarray:
+        """The part's values from a message, sizes and names checked, finiteness not."""
         if part.msg_type == JOINT_STATE:
             names = tuple(fields["name"])
             values = np.asarray(fields[part.field], dtype=np.float64)
             if len(values) != len(names):
                 raise MalformedMessage(f"{part.topic}: {len(names)} joint names but "
                                        f"{len(values)} {part.field} values")
-            index = self._joint_index(part, names)
-            out = values[index]
-        else:
-            data = np.asarray(fields["data"], dtype=np.float64)
-            if len(data) < part.stop:
-                raise MalformedMessage(f"{part.topic}: {len(data)} values, part {part.name} "
-                                       f"needs data[{part.start}:{part.stop}]")
-            out = data[part.start:part.stop]
-        if not np.isfinite(out).all():
-            raise MalformedMessage(f"{part.topic}: non-finite {part.name} value")
-        return out
+            return values[self._joint_index(part, names)]
+        data = np.asarray(fields["data"], dtype=np.float64)
+        if len(data) < part.stop:
+            raise MalformedMessage(f"{part.topic}: {len(data)} values, part {part.name} "
+                                   f"needs data[{part.start}:{part.stop}]")
+        return data[part.start:part.stop]
 
     def _joint_index(self, part: ObservationPart, names: tuple[str, ...]) -> np.ndarray:
         # Joint order in a JointState can differ between publishers; cache per name tuple.

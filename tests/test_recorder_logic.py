@@ -81,6 +81,18 @@ def test_shipped_specs_match_the_sim_observation_layout():
         np.testing.assert_array_equal(obs, task.get_state().astype(np.float32))
 
 
+def test_observation_from_messages_names_the_missing_topic_or_non_finite_part():
+    spec = load_spec("config/robot_cheetah_sim.yaml")
+    names = spec.robot_description()["joint_names"]
+    with pytest.raises(MalformedMessage, match="no message on joint_states yet"):
+        spec.observation_from_messages({})
+    velocity = np.zeros(len(names))
+    velocity[4] = np.inf
+    with pytest.raises(MalformedMessage, match="joint_states: non-finite qvel value"):
+        spec.observation_from_messages({"joint_states": joint_state(np.zeros(len(names)),
+                                                                    velocity, names)})
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.update(speed=1), "unknown keys ['speed']"),
     (lambda s: s.pop("rate_hz"), "missing required key 'rate_hz'"),

@@ -162,9 +162,15 @@ class OnnxPolicy:
             raise ConfigError(f"{path}: expected input {INPUT_NAME!r} and output "
                               f"{OUTPUT_NAME!r}, got {[i.name for i in inputs]} -> "
                               f"{[o.name for o in outputs]}")
-        self._buffer = np.zeros((1, self.metadata.obs_dim), np.float32)
+        # A tick's single observation runs through an I/O binding with a preallocated output,
+        # which saves the per-call allocations of session.run (~15% of a call on a cold
+        # core). The input is bound on every call: GPU providers copy it to the device then.
+        self._binding = self.session.io_binding()
+        self._action = np.zeros((1, self.metadata.act_dim), np.float32)
+        self._binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(self._action.shape),
+                                  self._action.ctypes.data)
         for _ in range(warmup):  # first runs allocate and (on GPU EPs) build kernels
-            self(self._buffer[0])
+            self(np.zeros(self.metadata.obs_dim, np.float32))
 
     def __call__(self, observation: np.ndarray) -> np.ndarray:
         """(obs_dim,) -> (act_dim,) or (B, obs_dim) -> (B, act_dim)."""
@@ -174,8 +180,11 @@ class OnnxPolicy:
         if batch.shape[1] != self.metadata.obs_dim:
             raise ValueError(f"observation has {batch.shape[1]} values, the policy takes "
                              f"{self.metadata.obs_dim}")
-        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0].astype(np.float64)
-        return out[0] if single else out
+        if single:
+            self._binding.bind_cpu_input(INPUT_NAME, batch)
+            self.session.run_with_iobinding(self._binding)
+            return self._action[0].astype(np.float64)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0].astype(np.float64)
 
 
 # ----- safety between the policy and the actuators -----
@@ -302,12 +311,12 @@ class PolicyRunner:
         if reason is not None:
             return self._safe(reason)
         command = np.clip(raw, self.low, self.high)
-        if not np.array_equal(command, raw):
+        if (command != raw).any():
             self.clipped += 1
         if self.config.max_delta is not None:
             limited = np.clip(command, self.last_command - self.config.max_delta,
                               self.last_command + self.config.max_delta)
-            if not np.array_equal(limited, command):
+            if (limited != command).any():
                 self.rate_limited += 1
             command = limited
         self.policy_actions += 1
