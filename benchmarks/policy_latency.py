@@ -4,6 +4,8 @@ This process is the publisher: it sends sensor_msgs/JointState on `joint_states`
 cheetah's 9 joints) and timestamps every Float64MultiArray that comes back on `commands`.
   run "echo":        a bare rclpy node (SingleThreadedExecutor) that republishes each
                      observation's positions as a Float64MultiArray at once: the baseline;
+                     it spins at the policy node's control-thread priority (--thread-priority),
+                     so that both run the same path under the same scheduling;
   run "observation": the policy node with trigger observation (one command per observation);
   run "timer":       the policy node ticking at 1 kHz on its own (missed ticks from its status),
                      next to this process's own late publishes in the same window (a plain
@@ -16,6 +18,7 @@ The echo and observation runs alternate (--rounds) so that load from elsewhere h
     .venv/bin/python benchmarks/policy_latency.py --policy policy.onnx             # 60 s per run
     .venv/bin/python benchmarks/policy_latency.py --policy policy.onnx --seconds 10
     .venv/bin/python benchmarks/policy_latency.py --policy policy.onnx --pin  # one core each
+    .venv/bin/python benchmarks/policy_latency.py --policy policy.onnx --thread-priority 0
 Goals: p99 ratio (policy / echo) <= 1.10; no missed ticks in timer mode at 1 kHz.
 """
 from __future__ import annotations
@@ -41,10 +44,11 @@ class Config:
     policy: str = ""
     seconds: float = 60.0  # measured window per run (split over the rounds)
     rate_hz: float = 1000.0
-    rounds: int = 2  # echo / observation alternations
+    rounds: int = 4  # echo / observation alternations
     table_size: int = 1000  # distinct observations cycled through (1 s at 1 kHz)
     domain_id: int = 58
     pin: bool = False  # publisher on CPU 0, the node under test (echo or policy) on CPU 1
+    thread_priority: int = 50  # SCHED_FIFO of the echo's and the policy node's control thread
     spec: str = str(REPO / "config/robot_cheetah_sim.yaml")
     warmup_s: float = 2.0
 
@@ -66,7 +70,7 @@ def observation_table(size: int):
     return list(task.joint_names), np.array(qpos), np.array(qvel)
 
 
-def run_echo() -> None:
+def run_echo(priority: int) -> None:
     """The baseline node: each observation's positions straight back as a command."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
@@ -78,6 +82,8 @@ def run_echo() -> None:
     pub = node.create_publisher(Float64MultiArray, "commands", 10)
     node.create_subscription(JointState, "joint_states",
                              lambda msg: pub.publish(Float64MultiArray(data=msg.position)), 10)
+    if priority > 0:  # as the policy node's control loop does (root or CAP_SYS_NICE)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -217,15 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pin", action="store_true",
                         help="pin this publisher to CPU 0 and the node under test (echo or "
                         "policy alike) to CPU 1, so that they do not compete for a core")
+    parser.add_argument("--thread-priority", type=int, default=Config.thread_priority,
+                        help="SCHED_FIFO priority of the policy node's control thread and of "
+                        "the echo node, 0 = normal scheduling (default %(default)s, the node's)")
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)  # the baseline
     options = parser.parse_args(argv)
     if options.echo:
-        run_echo()
+        run_echo(options.thread_priority)
         return 0
     if not options.policy:
         parser.error("--policy is required: export one with `robot-stack export RUN --out FILE`")
     cfg = Config(policy=str(Path(options.policy).resolve()), seconds=options.seconds,
-                 rounds=options.rounds, pin=options.pin)
+                 rounds=options.rounds, pin=options.pin,
+                 thread_priority=options.thread_priority)
     if cfg.pin:
         os.sched_setaffinity(0, {0})  # before the DDS threads start: they inherit it
     from robot_stack.deploy.runtime import OnnxPolicy
@@ -237,13 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     driver = Driver(cfg, names, qpos, qvel)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     deploy = ["-m", "robot_stack.cli", "deploy", "--policy", cfg.policy, "--spec", cfg.spec,
-              "--provider", "cpu"]
+              "--provider", "cpu", "--thread-priority", str(cfg.thread_priority)]
     per_round = cfg.seconds / cfg.rounds
     echo, observation = [], []
     try:
         for round_index in range(cfg.rounds):
             driver.expect(qpos)
-            echo += measure(cfg, driver, [__file__, "--echo"], per_round,
+            echo += measure(cfg, driver, [__file__, "--echo", "--thread-priority",
+                                          str(cfg.thread_priority)], per_round,
                             logs / "policy_latency_echo.log")
             driver.expect(actions)
             observation += measure(cfg, driver, deploy + ["--trigger", "observation"], per_round,
@@ -275,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "load": {"rate_hz": cfg.rate_hz, "seconds_per_run": cfg.seconds, "rounds": cfg.rounds,
-                 "cpus": os.cpu_count(), "pinned": cfg.pin, "loadavg_1min": os.getloadavg()[0]},
+                 "cpus": os.cpu_count(), "pinned": cfg.pin,
+                 "thread_priority": cfg.thread_priority, "loadavg_1min": os.getloadavg()[0]},
         "echo": summary(echo),
         "observation": summary(observation),
         "timer": {"missed_ticks": timer_status["missed_ticks"] - missed_before,
