@@ -44,7 +44,7 @@ class Config:
     policy: str = ""
     seconds: float = 60.0  # measured window per run (split over the rounds)
     rate_hz: float = 1000.0
-    rounds: int = 4  # echo / observation alternations
+    rounds: int = 12  # echo / observation alternations: stalls then hit both alike
     table_size: int = 1000  # distinct observations cycled through (1 s at 1 kHz)
     domain_id: int = 58
     pin: bool = False  # publisher on CPU 0, the node under test (echo or policy) on CPU 1
