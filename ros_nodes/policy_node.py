@@ -16,7 +16,10 @@ The control path (observation subscriptions, command publisher) belongs to a sec
 `<name>_control`, served in the main thread by a ControlLoop (ros_nodes/control_loop.py: one
 wait set, no executor, ticks on deadlines), while the admin node (services, e-stop, status)
 spins in an executor thread: a slow admin callback does not hold up observations or ticks,
-and an observation is answered as soon as it is taken, without a thread hand-off.
+and an observation is answered as soon as it is taken, without a thread hand-off. The control
+path takes and publishes serialized bytes (robot_stack/cdr.py), checked against rclpy's own
+deserialization; an observation message that cannot be deserialized is dropped and counted
+(`unreadable_messages` in ~/status).
 Logic (metadata checks, safety, latency statistics): robot_stack/deploy/runtime.py.
 """
 from __future__ import annotations
@@ -33,10 +36,12 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
+from robot_stack import cdr
 from robot_stack.deploy.runtime import OnnxPolicy, PolicyRunner, SafetyConfig, check_compatible
 from robot_stack.errors import ConfigError
 from robot_stack.spec import JOINT_STATE, MalformedMessage, load_spec
@@ -86,6 +91,7 @@ class PolicyNode(Node):
         self.lock = threading.Lock()  # the runner: admin callbacks vs the control thread
         self.tick_due = False  # an enable/e-stop event to answer in observation mode
         self.stale_reported = False
+        self.unreadable = 0  # observation messages that could not be deserialized
         self.messages: dict[str, dict] = {}
         self.received: dict[str, float] = {}
         self.observation_topics = [s.topic for s in observation_streams]
@@ -104,13 +110,21 @@ class PolicyNode(Node):
         self.status_pub = self.create_publisher(
             String, "~/status", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # The control path reads and writes serialized bytes (robot_stack/cdr.py): rclpy's
+        # message objects cost about as much per tick as the inference.
         for s in observation_streams:
-            msg_type, fields = ((JointState, convert.joint_state_fields)
-                                if s.msg_type == JOINT_STATE
-                                else (Float64MultiArray, convert.data_fields))
+            msg_type, fields, walk = (
+                (JointState, convert.joint_state_fields, cdr.walk_joint_state)
+                if s.msg_type == JOINT_STATE
+                else (Float64MultiArray, convert.data_fields, cdr.walk_float64_multi_array))
+            read = cdr.MessageReader(
+                walk, lambda data, t=msg_type, f=fields: f(deserialize_message(data, t)))
             self.control.create_subscription(
-                msg_type, s.topic, lambda msg, t=s.topic, f=fields: self.on_observation(t, f(msg)),
-                10)
+                msg_type, s.topic, lambda data, t=s.topic, r=read: self.on_observation(t, r, data),
+                10, raw=True)
+        encoder = cdr.CommandEncoder(
+            self.spec.action.size, lambda data: deserialize_message(data, Float64MultiArray).data)
+        self.encode_command = encoder if encoder.usable else convert.command_msg
         self.create_subscription(Bool, "estop", self.on_estop, 10)
         self.create_service(SetBool, "~/enable", self.on_enable)
         self.create_service(Trigger, "~/reset_estop", self.on_reset_estop)
@@ -125,6 +139,9 @@ class PolicyNode(Node):
         if self.policy.fell_back:
             self.get_logger().warning(f"{p['provider']} provider unavailable (libraries missing "
                                       f"or no device): running on {self.policy.provider}")
+        if not encoder.usable:
+            self.get_logger().warning("the middleware did not read back a command written as "
+                                      "little-endian CDR: publishing message objects")
         if meta.control_rate_hz and abs(meta.control_rate_hz - 1 / self.period) > 1e-6:
             self.get_logger().warning(f"control rate {1 / self.period:g} Hz differs from the "
                                       f"training data's {meta.control_rate_hz:g} Hz")
@@ -159,6 +176,7 @@ class PolicyNode(Node):
         status.update(provider=self.policy.provider, trigger=self.trigger,
                       rate_hz=1 / self.period, missed_ticks=self.control_loop.schedule.missed,
                       tick_lateness=self.control_loop.schedule.lateness.summary(),
+                      unreadable_messages=self.unreadable,
                       task=self.policy.metadata.task)
         self.status_pub.publish(convert.status_msg(status))
         level = (DiagnosticStatus.ERROR if status["estop"] else DiagnosticStatus.OK
@@ -168,8 +186,13 @@ class PolicyNode(Node):
             self.get_clock().now().to_msg()))
 
     # ----- control thread -----
-    def on_observation(self, topic: str, fields: dict) -> None:
-        self.messages[topic] = fields
+    def on_observation(self, topic: str, read: cdr.MessageReader, data: bytes) -> None:
+        try:
+            self.messages[topic] = read(data)
+        except MalformedMessage as e:  # dropped: the last good message stands, until stale
+            self.unreadable += 1
+            self.get_logger().error(f"{topic}: {e}", throttle_duration_sec=1.0)
+            return
         self.received[topic] = time.monotonic()
         self.stale_reported = False
         if self.trigger == "observation":
@@ -216,7 +239,7 @@ class PolicyNode(Node):
                 except MalformedMessage as e:
                     self.runner.observe(None, problem=str(e), now=oldest)
             command = self.runner.step()
-        self.command_pub.publish(convert.command_msg(command))
+        self.command_pub.publish(self.encode_command(command))
         self.runner.loop.add(time.perf_counter() - start)
 
 

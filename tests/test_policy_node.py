@@ -118,6 +118,11 @@ def test_stale_nan_estop_and_enable_give_safe_commands(ros, policy_file):
     feed["msg"] = valid
     assert np.abs(reach("running", "recovery after NaN")).max() > 0
 
+    publisher.publish(b"\x00\x01\x00\x00" + b"\xff" * 12)  # bytes no JointState reads as
+    probe.spin_until(lambda: status().get("unreadable_messages") == 1, 10,
+                     "the unreadable message counted", policy)
+    assert np.abs(reach("running", "policy actions past the unreadable message")).max() > 0
+
     estop.publish(Bool(data=True))
     assert not reach("estop", "the e-stop").any()
     probe.spin_for(0.5)  # fresh observations all along: the e-stop stays latched
