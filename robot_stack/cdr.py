@@ -86,8 +86,8 @@ class _Cursor:
         return self._take(8 * count), count
 
 
-@dataclass
-class _Layout:
+@dataclass(eq=False)  # compared by identity: a key for what callers derive from a layout
+class Layout:
     """Where one layout's float arrays lie, and the bytes that identify the layout."""
     length: int
     fixed: dict[str, Any]  # fields that are part of the layout (joint names)
@@ -96,7 +96,7 @@ class _Layout:
     expected: np.ndarray  # their values
 
     @classmethod
-    def parse(cls, data: bytes, walk: Callable[[_Cursor], tuple[dict, dict]]) -> "_Layout":
+    def parse(cls, data: bytes, walk: Callable[[_Cursor], tuple[dict, dict]]) -> "Layout":
         cursor = _Cursor(data)
         fixed, arrays = walk(cursor)
         index = np.concatenate(cursor.structural) if cursor.structural else np.zeros(0, int)
@@ -112,6 +112,16 @@ class _Layout:
         for name, (offset, count) in self.arrays.items():
             out[name] = np.frombuffer(data, FLOAT64, count, offset)
         return out
+
+    def words(self, data: bytes) -> np.ndarray:
+        """The message as float64 words from the start of the CDR payload: every float array
+        of the layout lies on whole words (CDR aligns float64 to 8 from there)."""
+        return np.frombuffer(data, FLOAT64, (len(data) - HEADER) // 8, HEADER)
+
+    def word_index(self, field: str, index) -> np.ndarray:
+        """Positions in words() of fields[field][index]."""
+        offset, count = self.arrays[field]
+        return (offset - HEADER) // 8 + np.arange(count)[index]
 
     def agrees(self, reference: dict[str, Any], data: bytes) -> bool:
         """Whether this parse of `data` gives exactly the reference deserializer's fields."""
@@ -160,13 +170,19 @@ class MessageReader:
                  reference: Callable[[bytes], dict[str, Any]]):
         self.walk = walk
         self.reference = reference
-        self.layouts: dict[int, _Layout] = {}  # by message length
+        self.layouts: dict[int, Layout] = {}  # by message length
         self.reference_reads = 0
 
     def __call__(self, data: bytes) -> dict[str, Any]:
+        layout, fields = self.read(data)
+        return layout.fields(data) if fields is None else fields
+
+    def read(self, data: bytes) -> tuple[Layout | None, dict[str, Any] | None]:
+        """(layout, None) for a message of a layout already checked (its fields are
+        layout.fields(data)); otherwise (None, the reference's fields)."""
         layout = self.layouts.get(len(data))
         if layout is not None and layout.matches(data):
-            return layout.fields(data)
+            return layout, None
         self.reference_reads += 1
         try:
             fields = self.reference(data)
@@ -174,14 +190,14 @@ class MessageReader:
             raise MalformedMessage(f"message of {len(data)} bytes cannot be deserialized: "
                                    f"{e}") from None
         try:
-            layout = _Layout.parse(data, self.walk)
+            layout = Layout.parse(data, self.walk)
         except (UnsupportedLayout, UnicodeDecodeError, struct.error):
-            return fields
+            return None, fields
         if layout.agrees(fields, data):
             if len(self.layouts) >= MAX_LAYOUTS and len(data) not in self.layouts:
                 self.layouts.pop(next(iter(self.layouts)))
             self.layouts[len(data)] = layout
-        return fields
+        return None, fields
 
 
 class CommandEncoder:

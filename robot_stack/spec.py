@@ -247,18 +247,25 @@ class RobotSpec:
 
     def _part_values(self, part: ObservationPart, fields: Mapping[str, Any]) -> np.ndarray:
         """The part's values from a message, sizes and names checked, finiteness not."""
+        field, index = self.part_index(part, fields)
+        return np.asarray(fields[field], dtype=np.float64)[index]
+
+    def part_index(self, part: ObservationPart, fields: Mapping[str, Any]) -> tuple[str, Any]:
+        """(field, index): the part's values are fields[field][index] for this message and
+        every message of the same joint names and array sizes. Raises MalformedMessage when
+        the message cannot give the part."""
         if part.msg_type == JOINT_STATE:
             names = tuple(fields["name"])
-            values = np.asarray(fields[part.field], dtype=np.float64)
-            if len(values) != len(names):
+            size = len(fields[part.field])
+            if size != len(names):
                 raise MalformedMessage(f"{part.topic}: {len(names)} joint names but "
-                                       f"{len(values)} {part.field} values")
-            return values[self._joint_index(part, names)]
-        data = np.asarray(fields["data"], dtype=np.float64)
-        if len(data) < part.stop:
-            raise MalformedMessage(f"{part.topic}: {len(data)} values, part {part.name} "
+                                       f"{size} {part.field} values")
+            return part.field, self._joint_index(part, names)
+        size = len(fields["data"])
+        if size < part.stop:
+            raise MalformedMessage(f"{part.topic}: {size} values, part {part.name} "
                                    f"needs data[{part.start}:{part.stop}]")
-        return data[part.start:part.stop]
+        return "data", slice(part.start, part.stop)
 
     def _joint_index(self, part: ObservationPart, names: tuple[str, ...]) -> np.ndarray:
         # Joint order in a JointState can differ between publishers; cache per name tuple.

@@ -5,9 +5,12 @@ import json
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from rclpy.serialization import deserialize_message
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
+
+from robot_stack.spec import FLOAT64_ARRAY, JOINT_STATE
 
 
 # ----- time -----
@@ -84,6 +87,15 @@ def image_fields(msg: Image) -> dict:
 def data_fields(msg) -> dict:
     """std_msgs Float64, Float64MultiArray, String: the `data` field."""
     return {"data": msg.data}
+
+
+MESSAGE_CLASSES = {JOINT_STATE: JointState, FLOAT64_ARRAY: Float64MultiArray}
+FIELDS = {JOINT_STATE: joint_state_fields, FLOAT64_ARRAY: data_fields}
+
+
+def deserialize_fields(msg_type: str, data: bytes) -> dict:
+    """Serialized bytes of a spec message type -> its field dict, by the middleware."""
+    return FIELDS[msg_type](deserialize_message(data, MESSAGE_CLASSES[msg_type]))
 
 
 def image_msg(pixels: np.ndarray, encoding: str, stamp: Time) -> Image:

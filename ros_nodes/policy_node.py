@@ -17,8 +17,9 @@ The control path (observation subscriptions, command publisher) belongs to a sec
 wait set, no executor, ticks on deadlines), while the admin node (services, e-stop, status)
 spins in an executor thread: a slow admin callback does not hold up observations or ticks,
 and an observation is answered as soon as it is taken, without a thread hand-off. The control
-path takes and publishes serialized bytes (robot_stack/cdr.py), checked against rclpy's own
-deserialization; an observation message that cannot be deserialized is dropped and counted
+path takes and publishes serialized bytes (robot_stack/cdr.py) and gathers the observation
+from them (robot_stack/deploy/observation.py), checked against rclpy's own deserialization and
+the spec; an observation message that cannot be deserialized is dropped and counted
 (`unreadable_messages` in ~/status).
 Logic (metadata checks, safety, latency statistics): robot_stack/deploy/runtime.py.
 """
@@ -36,15 +37,14 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile
-from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
 from robot_stack import cdr
+from robot_stack.deploy.observation import ObservationReader
 from robot_stack.deploy.runtime import OnnxPolicy, PolicyRunner, SafetyConfig, check_compatible
 from robot_stack.errors import ConfigError
-from robot_stack.spec import JOINT_STATE, MalformedMessage, load_spec
+from robot_stack.spec import FLOAT64_ARRAY, MalformedMessage, load_spec
 from ros_nodes import convert
 from ros_nodes.control_loop import ControlLoop
 from ros_nodes.node_main import node_main
@@ -92,7 +92,6 @@ class PolicyNode(Node):
         self.tick_due = False  # an enable/e-stop event to answer in observation mode
         self.stale_reported = False
         self.unreadable = 0  # observation messages that could not be deserialized
-        self.messages: dict[str, dict] = {}
         self.received: dict[str, float] = {}
         self.observation_topics = [s.topic for s in observation_streams]
 
@@ -112,18 +111,14 @@ class PolicyNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # The control path reads and writes serialized bytes (robot_stack/cdr.py): rclpy's
         # message objects cost about as much per tick as the inference.
+        self.observations = ObservationReader(self.spec, convert.deserialize_fields)
         for s in observation_streams:
-            msg_type, fields, walk = (
-                (JointState, convert.joint_state_fields, cdr.walk_joint_state)
-                if s.msg_type == JOINT_STATE
-                else (Float64MultiArray, convert.data_fields, cdr.walk_float64_multi_array))
-            read = cdr.MessageReader(
-                walk, lambda data, t=msg_type, f=fields: f(deserialize_message(data, t)))
             self.control.create_subscription(
-                msg_type, s.topic, lambda data, t=s.topic, r=read: self.on_observation(t, r, data),
-                10, raw=True)
+                convert.MESSAGE_CLASSES[s.msg_type], s.topic,
+                lambda data, t=s.topic: self.on_observation(t, data), 10, raw=True)
         encoder = cdr.CommandEncoder(
-            self.spec.action.size, lambda data: deserialize_message(data, Float64MultiArray).data)
+            self.spec.action.size,
+            lambda data: convert.deserialize_fields(FLOAT64_ARRAY, data)["data"])
         self.encode_command = encoder if encoder.usable else convert.command_msg
         self.create_subscription(Bool, "estop", self.on_estop, 10)
         self.create_service(SetBool, "~/enable", self.on_enable)
@@ -186,9 +181,9 @@ class PolicyNode(Node):
             self.get_clock().now().to_msg()))
 
     # ----- control thread -----
-    def on_observation(self, topic: str, read: cdr.MessageReader, data: bytes) -> None:
+    def on_observation(self, topic: str, data: bytes) -> None:
         try:
-            self.messages[topic] = read(data)
+            self.observations.receive(topic, data)
         except MalformedMessage as e:  # dropped: the last good message stands, until stale
             self.unreadable += 1
             self.get_logger().error(f"{topic}: {e}", throttle_duration_sec=1.0)
@@ -234,7 +229,7 @@ class PolicyNode(Node):
             if len(self.received) == len(self.observation_topics):
                 oldest = min(self.received.values())
                 try:
-                    self.runner.observe(self.spec.observation_from_messages(self.messages),
+                    self.runner.observe(self.observations.observation(),
                                         now=oldest)
                 except MalformedMessage as e:
                     self.runner.observe(None, problem=str(e), now=oldest)

@@ -155,3 +155,79 @@ def test_a_middleware_that_reads_the_bytes_otherwise_is_not_used():
         raise RuntimeError("unknown encapsulation")
 
     assert not cdr.CommandEncoder(3, rejects).usable
+
+
+# ----- the policy node's observation, gathered from bytes -----
+
+SPEC = {  # parts of one topic on both sides of another's, and a joint order unlike the message's
+    "task": "toy", "robot": {"name": "toy"}, "rate_hz": 10,
+    "observation": [
+        {"name": "qpos", "topic": "joint_states", "type": "JointState", "field": "position",
+         "joints": ["b", "a"]},
+        {"name": "imu", "topic": "imu", "type": "Float64MultiArray", "slice": [1, 3]},
+        {"name": "qvel", "topic": "joint_states", "type": "JointState", "field": "velocity",
+         "joints": ["rootx", "a", "b"]},
+    ],
+    "action": {"topic": "commands", "size": 2, "low": -1.0, "high": 1.0},
+}
+
+
+def deserialize_fields(msg_type: str, data: bytes) -> dict:
+    if msg_type == "JointState":
+        return joint_state_fields(data)
+    return {"data": deserialize_message(data, Float64MultiArray).data}
+
+
+def imu(values) -> bytes:
+    return serialize_message(Float64MultiArray(data=list(values)))
+
+
+def observation_reader():
+    from robot_stack.deploy.observation import ObservationReader
+    from robot_stack.spec import spec_from_dict
+
+    spec = spec_from_dict(SPEC)
+    return spec, ObservationReader(spec, deserialize_fields)
+
+
+def test_observations_gathered_from_bytes_equal_the_specs_assembly():
+    spec, reader = observation_reader()
+    for seed in range(6):
+        names = [["rootx", "a", "b"], ["b", "rootx", "a", "extra"]][seed % 2]
+        states, imus = joint_state(names, seed=seed), imu(np.arange(4.0) + seed)
+        reader.receive("joint_states", states)
+        reader.receive("imu", imus)
+        expected = spec.observation_from_messages({"joint_states": joint_state_fields(states),
+                                                   "imu": deserialize_fields("imu", imus)})
+        got = reader.observation()
+        assert got.dtype == expected.dtype == np.float32
+        assert got.tobytes() == expected.tobytes()
+    # two joint layouts and one imu layout, each read by the reference once
+    assert reader.readers["joint_states"].reference_reads == 2
+    assert reader.readers["imu"].reference_reads == 1
+
+
+def test_observations_from_bytes_give_the_specs_errors():
+    _, reader = observation_reader()
+    with pytest.raises(MalformedMessage, match="no message on joint_states yet"):
+        reader.observation()
+    reader.receive("imu", imu([0.0, 1.0, 2.0]))
+    reader.receive("joint_states", joint_state(["rootx", "a", "b"]))
+    reader.observation()
+    reader.receive("imu", imu([0.0, 1.0, 2.0]))  # a known layout: gathered from bytes
+    assert reader.readers["imu"].reference_reads == 1
+    reader.receive("imu", imu([0.0, 1.0, np.nan]))
+    with pytest.raises(MalformedMessage, match="imu: non-finite imu value"):
+        reader.observation()
+    reader.receive("imu", imu([0.0, 1.0]))
+    with pytest.raises(MalformedMessage, match=r"imu: 2 values, part imu needs data\[1:3\]"):
+        reader.observation()
+    reader.receive("imu", imu([5.0, 6.0, 7.0]))
+    for _ in range(2):  # the layout's error every time, not once
+        reader.receive("joint_states", joint_state(["rootx", "a", "c"], seed=1))
+        with pytest.raises(MalformedMessage, match=r"joints \['b'\] missing"):
+            reader.observation()
+    with pytest.raises(MalformedMessage, match="cannot be deserialized"):
+        reader.receive("joint_states", b"\x00\x01\x00\x00" + b"\xff" * 12)
+    reader.receive("joint_states", joint_state(["rootx", "a", "b"]))
+    assert np.isfinite(reader.observation()).all()

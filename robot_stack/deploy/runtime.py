@@ -162,11 +162,16 @@ class OnnxPolicy:
             raise ConfigError(f"{path}: expected input {INPUT_NAME!r} and output "
                               f"{OUTPUT_NAME!r}, got {[i.name for i in inputs]} -> "
                               f"{[o.name for o in outputs]}")
-        # A tick's single observation runs through an I/O binding with a preallocated output,
+        # A tick's single observation runs through an I/O binding with preallocated buffers,
         # which saves the per-call allocations of session.run (~15% of a call on a cold
-        # core). The input is bound on every call: GPU providers copy it to the device then.
+        # core). The CPU provider reads the bound input buffer in place, so it is bound once
+        # and refilled; GPU providers copy the input to the device at bind time, so it is
+        # bound again on every call.
         self._binding = self.session.io_binding()
+        self._observation = np.zeros((1, self.metadata.obs_dim), np.float32)
         self._action = np.zeros((1, self.metadata.act_dim), np.float32)
+        self._rebind = self.provider != CPU
+        self._binding.bind_cpu_input(INPUT_NAME, self._observation)
         self._binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(self._action.shape),
                                   self._action.ctypes.data)
         for _ in range(warmup):  # first runs allocate and (on GPU EPs) build kernels
@@ -174,16 +179,17 @@ class OnnxPolicy:
 
     def __call__(self, observation: np.ndarray) -> np.ndarray:
         """(obs_dim,) -> (act_dim,) or (B, obs_dim) -> (B, act_dim)."""
-        obs = np.asarray(observation, dtype=np.float32)
-        single = obs.ndim == 1
-        batch = obs.reshape(1, -1) if single else obs
-        if batch.shape[1] != self.metadata.obs_dim:
-            raise ValueError(f"observation has {batch.shape[1]} values, the policy takes "
+        obs = np.asarray(observation)
+        if obs.shape[-1] != self.metadata.obs_dim:
+            raise ValueError(f"observation has {obs.shape[-1]} values, the policy takes "
                              f"{self.metadata.obs_dim}")
-        if single:
-            self._binding.bind_cpu_input(INPUT_NAME, batch)
+        if obs.ndim == 1:
+            self._observation[0] = obs  # cast to float32 on the way
+            if self._rebind:
+                self._binding.bind_cpu_input(INPUT_NAME, self._observation)
             self.session.run_with_iobinding(self._binding)
             return self._action[0].astype(np.float64)
+        batch = obs.astype(np.float32, copy=False)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0].astype(np.float64)
 
 
@@ -310,12 +316,13 @@ class PolicyRunner:
                 reason = BAD_OUTPUT
         if reason is not None:
             return self._safe(reason)
-        command = np.clip(raw, self.low, self.high)
+        # np.minimum/np.maximum: np.clip's Python wrapper costs twice as much, per tick.
+        command = np.minimum(np.maximum(raw, self.low), self.high)
         if (command != raw).any():
             self.clipped += 1
         if self.config.max_delta is not None:
-            limited = np.clip(command, self.last_command - self.config.max_delta,
-                              self.last_command + self.config.max_delta)
+            limited = np.minimum(np.maximum(command, self.last_command - self.config.max_delta),
+                                 self.last_command + self.config.max_delta)
             if (limited != command).any():
                 self.rate_limited += 1
             command = limited
