@@ -45,7 +45,7 @@ class _Cursor:
             raise UnsupportedLayout(f"encapsulation {data[:2].hex()} is not little-endian CDR")
         self.data = data
         self.pos = HEADER
-        self.structural: list[np.ndarray] = []
+        self.structural: list[tuple[int, int]] = []  # byte ranges, in order
 
     def _align(self, size: int) -> None:
         self.pos += -(self.pos - HEADER) % size
@@ -65,13 +65,13 @@ class _Cursor:
     def uint32(self) -> int:
         self._align(4)
         start = self._take(4)
-        self.structural.append(np.arange(start, start + 4))
+        self.structural.append((start, start + 4))
         return struct.unpack_from("<I", self.data, start)[0]
 
     def string(self) -> str:
         size = self.uint32()
         start = self._take(size)
-        self.structural.append(np.arange(start, start + size))
+        self.structural.append((start, start + size))
         raw = self.data[start:start + size]
         if not raw.endswith(b"\x00"):
             raise UnsupportedLayout("string without its terminating NUL")
@@ -92,20 +92,20 @@ class Layout:
     length: int
     fixed: dict[str, Any]  # fields that are part of the layout (joint names)
     arrays: dict[str, tuple[int, int]]  # field -> (byte offset, count)
-    index: np.ndarray  # positions of the identifying bytes
-    expected: np.ndarray  # their values
+    identity: struct.Struct  # unpacks the identifying bytes, skipping everything else
+    expected: tuple  # what it unpacks from this layout
 
     @classmethod
     def parse(cls, data: bytes, walk: Callable[[_Cursor], tuple[dict, dict]]) -> "Layout":
         cursor = _Cursor(data)
         fixed, arrays = walk(cursor)
-        index = np.concatenate(cursor.structural) if cursor.structural else np.zeros(0, int)
-        return cls(len(data), fixed, arrays, index,
-                   np.frombuffer(data, np.uint8)[index].copy())
+        identity = struct.Struct(_identity_format(cursor.structural))
+        return cls(len(data), fixed, arrays, identity, identity.unpack_from(data))
 
     def matches(self, data: bytes) -> bool:
-        return (len(data) == self.length
-                and (np.frombuffer(data, np.uint8)[self.index] == self.expected).all())
+        # One C call compares every identifying byte: a struct of byte strings with the
+        # stamp, the floats and the padding as skipped bytes.
+        return len(data) == self.length and self.identity.unpack_from(data) == self.expected
 
     def fields(self, data: bytes) -> dict[str, Any]:
         out = dict(self.fixed)
@@ -128,6 +128,21 @@ class Layout:
         ours = self.fields(data)
         return (ours.keys() == reference.keys()
                 and all(_same(ours[k], reference[k]) for k in ours))
+
+
+def _identity_format(ranges: list[tuple[int, int]]) -> str:
+    """struct format that returns the bytes in `ranges` (sorted, disjoint), adjacent ones
+    joined, and skips the bytes between them."""
+    items, end = [], 0
+    for start, stop in ranges:
+        if start > end:
+            items.append(f"{start - end}x")
+        if start == end and items and items[-1].endswith("s"):
+            items[-1] = f"{int(items[-1][:-1]) + stop - start}s"
+        else:
+            items.append(f"{stop - start}s")
+        end = stop
+    return "<" + "".join(items)
 
 
 def _same(ours, reference) -> bool:

@@ -231,3 +231,18 @@ def test_observations_from_bytes_give_the_specs_errors():
         reader.receive("joint_states", b"\x00\x01\x00\x00" + b"\xff" * 12)
     reader.receive("joint_states", joint_state(["rootx", "a", "b"]))
     assert np.isfinite(reader.observation()).all()
+
+
+def test_a_single_topic_observation_is_gathered_whole():
+    from robot_stack.deploy.observation import ObservationReader
+    from robot_stack.spec import load_spec
+
+    spec = load_spec("config/robot_cheetah_sim.yaml")
+    reader = ObservationReader(spec, deserialize_fields)
+    names = spec.robot_description()["joint_names"]
+    for seed in range(3):
+        data = joint_state(names[::-1], seed=seed)
+        reader.receive("joint_states", data)
+        expected = spec.observation_from_messages({"joint_states": joint_state_fields(data)})
+        assert reader.observation().tobytes() == expected.tobytes()
+    assert [positions for positions, _ in reader.plans.values()] == [None]

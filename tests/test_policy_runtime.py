@@ -13,7 +13,7 @@ from deployutil import exported_policy
 from robot_stack.deploy.runtime import (BAD_OBSERVATION, BAD_OUTPUT, CPU, DISABLED, ESTOP,
                                         NO_OBSERVATION, STALE, LatencyStats, OnnxPolicy,
                                         PolicyRunner, SafetyConfig, TickSchedule,
-                                        check_compatible, choose_providers)
+                                        all_finite, check_compatible, choose_providers)
 from robot_stack.errors import ConfigError
 from robot_stack.learn.trainer import load_policy
 from robot_stack.spec import load_spec, spec_from_dict
@@ -195,3 +195,12 @@ def test_latency_stats_and_missed_ticks():
     assert schedule.missed == 2 and schedule.deadline == pytest.approx(0.007)
     assert schedule.lateness.summary()["max_ms"] == pytest.approx(0.9)
     assert schedule.wait_time(0.0080) == 0.0
+
+
+def test_all_finite_is_elementwise_isfinite():
+    for values in ([0.0, -1.5, 2.0], [1e200, -1e300], [np.nan], [1.0, np.inf], [-np.inf, 1.0],
+                   [np.inf, -np.inf], [], [[1.0, 2.0], [3.0, np.nan]], [[1.0], [2.0]]):
+        for dtype in (np.float64, np.float32):
+            array = np.array(values, dtype)
+            assert all_finite(array) == bool(np.isfinite(array).all()), (values, dtype)
+    assert all_finite(np.array([1e20, 3e38], np.float32))  # squares overflow float32

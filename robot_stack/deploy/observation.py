@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from robot_stack.cdr import Layout, MessageReader, walk_float64_multi_array, walk_joint_state
+from robot_stack.deploy.runtime import all_finite
 from robot_stack.spec import JOINT_STATE, RobotSpec
 
 WALKS = {JOINT_STATE: walk_joint_state}  # any other observation type is a Float64MultiArray
@@ -39,7 +40,7 @@ class ObservationReader:
         # topic -> (bytes, layout, None) for a checked layout, or (bytes, None, fields) as
         # the reference read them
         self.latest: dict[str, tuple[bytes, Layout | None, dict | None]] = {}
-        self.plans: dict[tuple[str, Layout], tuple[np.ndarray, np.ndarray]] = {}
+        self.plans: dict[tuple[str, Layout], tuple[np.ndarray | None, np.ndarray]] = {}
 
     def receive(self, topic: str, data: bytes) -> None:
         """Keeps the message; raises MalformedMessage (and keeps the previous one) when the
@@ -54,14 +55,20 @@ class ObservationReader:
     def observation(self) -> np.ndarray:
         """The observation vector in the spec's dtype. Raises MalformedMessage naming the
         problem (a missing topic, joint or value; a non-finite part)."""
-        out = np.empty(self.spec.obs_dim)
+        out = None
         for topic in self.topics:
             data, layout, _ = self.latest.get(topic, (None, None, None))
             if layout is None:  # no message yet, or one the reference read
                 return self._checked()
             positions, words = self.plans.get((topic, layout)) or self._plan(topic, layout, data)
-            out[positions] = layout.words(data)[words]
-        if not np.isfinite(out).all():
+            values = layout.words(data)[words]
+            if positions is None:  # this topic gives the whole vector
+                out = values
+            else:
+                if out is None:
+                    out = np.empty(self.spec.obs_dim)
+                out[positions] = values
+        if not all_finite(out):
             return self._checked()  # raises, naming the part
         return out.astype(self.spec.observation_dtype, copy=False)
 
@@ -70,9 +77,10 @@ class ObservationReader:
             topic: fields if layout is None else layout.fields(data)
             for topic, (data, layout, fields) in self.latest.items()})
 
-    def _plan(self, topic: str, layout: Layout, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """Where this topic's parts go in the observation and where they lie in the words
-        of a message of this layout. Raises MalformedMessage when the spec rejects the
+    def _plan(self, topic: str, layout: Layout, data: bytes) -> tuple[np.ndarray | None,
+                                                                       np.ndarray]:
+        """Where this topic's parts go in the observation (None: they are the whole vector,
+        in order) and where they lie in the words of a message of this layout. Raises MalformedMessage when the spec rejects the
         layout (missing joints, too few values): not cached, so every tick says so."""
         fields = layout.fields(data)
         positions, words, start = [], [], 0
@@ -82,7 +90,10 @@ class ObservationReader:
                 positions.append(np.arange(start, start + part.size))
                 words.append(layout.word_index(field, index))
             start += part.size
-        plan = np.concatenate(positions), np.concatenate(words)
+        positions = np.concatenate(positions)
+        if np.array_equal(positions, np.arange(self.spec.obs_dim)):
+            positions = None
+        plan = positions, np.concatenate(words)
         if len(self.plans) >= MAX_PLANS:
             self.plans.clear()
         self.plans[topic, layout] = plan

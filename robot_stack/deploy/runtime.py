@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -195,6 +196,15 @@ class OnnxPolicy:
 
 # ----- safety between the policy and the actuators -----
 
+def all_finite(values: np.ndarray) -> bool:
+    """np.isfinite(values).all(), in one BLAS call when it holds (a third of the time, in a
+    control tick): a vector's dot product with itself is finite exactly when every value is,
+    unless a square overflows (|x| > 1e154 in float64, 1e19 in float32), which the
+    elementwise check then settles."""
+    return ((values.ndim == 1 and math.isfinite(values.dot(values)))
+            or bool(np.isfinite(values).all()))
+
+
 @dataclass
 class SafetyConfig:
     stale_timeout_s: float = 0.1     # an observation older than this gives the safe action
@@ -312,7 +322,7 @@ class PolicyRunner:
             start = time.perf_counter()
             raw = np.asarray(self.policy(self.observation), np.float64)
             self.inference.add(time.perf_counter() - start)
-            if raw.shape != self.low.shape or not np.isfinite(raw).all():
+            if raw.shape != self.low.shape or not all_finite(raw):
                 reason = BAD_OUTPUT
         if reason is not None:
             return self._safe(reason)
@@ -340,7 +350,7 @@ class PolicyRunner:
             return NO_OBSERVATION
         if now - self.observation_time > self.config.stale_timeout_s:
             return STALE
-        if self.observation is None or not np.isfinite(self.observation).all():
+        if self.observation is None or not all_finite(self.observation):
             return BAD_OBSERVATION
         return None
 
