@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", help="ONNX file (robot-stack export) for the cheetah spec")
     parser.add_argument("--seconds", type=float, default=Config.seconds)
-    parser.add_argument("--rounds", type=int, default=Config.rounds)
+    parser.add_argument("--rounds", type=int, default=Config.rounds,
+                        help="echo / observation alternations (default %(default)s; 0: the "
+                        "timer mode only)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--pin", action="store_true",
                         help="pin this publisher to CPU 0 and the node under test (echo or "
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     deploy = ["-m", "robot_stack.cli", "deploy", "--policy", cfg.policy, "--spec", cfg.spec,
               "--provider", "cpu", "--thread-priority", str(cfg.thread_priority)]
-    per_round = cfg.seconds / cfg.rounds
+    per_round = cfg.seconds / cfg.rounds if cfg.rounds else 0.0
     echo, observation = [], []
     try:
         for round_index in range(cfg.rounds):
@@ -312,4 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ros_nodes.node_main import exit_without_teardown
+
+    # The driver and echo processes shut rclpy down themselves; the interpreter's teardown
+    # of the middleware's threads can still abort (see exit_without_teardown).
+    exit_without_teardown(main())
