@@ -14,9 +14,11 @@ trigger `timer`: one command per tick at rate_hz; `observation`: one command per
 message, per enable/e-stop event, and one safe command when the observations turn stale.
 The control path (observation subscriptions, command publisher) belongs to a second node,
 `<name>_control`, served in the main thread by a ControlLoop (ros_nodes/control_loop.py: one
-wait set, no executor, ticks on deadlines), while the admin node (services, e-stop, status)
-spins in an executor thread: a slow admin callback does not hold up observations or ticks,
-and an observation is answered as soon as it is taken, without a thread hand-off. The control
+wait set, no executor, ticks on deadlines), while the admin node (services, e-stop) spins in
+an executor thread: a slow admin callback does not hold up observations or ticks, and an
+observation is answered as soon as it is taken, without a thread hand-off. Status and
+diagnostics are published by the control thread between ticks (the loop's idle task), so that
+they never contend with a tick for the GIL. The control
 path takes and publishes serialized bytes (robot_stack/cdr.py) and gathers the observation
 from them (robot_stack/deploy/observation.py), checked against rclpy's own deserialization and
 the spec; an observation message that cannot be deserialized is dropped and counted
@@ -123,9 +125,10 @@ class PolicyNode(Node):
         self.create_subscription(Bool, "estop", self.on_estop, 10)
         self.create_service(SetBool, "~/enable", self.on_enable)
         self.create_service(Trigger, "~/reset_estop", self.on_reset_estop)
-        self.create_timer(1.0 / p["status_rate"], self.publish_status)
         self.control_loop = ControlLoop(self.control, self.period, self.on_deadline,
-                                        priority=p["thread_priority"])
+                                        priority=p["thread_priority"],
+                                        idle_task=self.publish_status,
+                                        idle_period=1.0 / p["status_rate"])
         meta = self.policy.metadata
         self.get_logger().info(
             f"policy {p['policy']} (task {meta.task}, run {meta.training_run}) on "
@@ -165,8 +168,10 @@ class PolicyNode(Node):
             response.message = "e-stop cleared" if self.runner.reset_estop() else "no e-stop set"
         return response
 
+    # ----- control thread -----
     def publish_status(self) -> None:
-        # Read without the lock: counters may be one tick apart, the control loop never waits.
+        # The control loop's idle task: between ticks, in the control thread. Reads without
+        # the lock: an admin callback may change a flag meanwhile, the next status shows it.
         status = self.runner.status()
         status.update(provider=self.policy.provider, trigger=self.trigger,
                       rate_hz=1 / self.period, missed_ticks=self.control_loop.schedule.missed,
@@ -180,7 +185,6 @@ class PolicyNode(Node):
             f"{self.get_name()}: policy", status["task"], level, status["state"], status,
             self.get_clock().now().to_msg()))
 
-    # ----- control thread -----
     def on_observation(self, topic: str, data: bytes) -> None:
         try:
             self.observations.receive(topic, data)
@@ -207,7 +211,7 @@ class PolicyNode(Node):
         # so that its collections in the control thread stay short.
         gc.freeze()
         # A thread waiting for the GIL asks its holder to let go after this interval (5 ms by
-        # default): a status callback in the admin thread could otherwise hold ticks that long.
+        # default): a service callback in the admin thread could otherwise hold ticks that long.
         sys.setswitchinterval(1e-4)
         try:
             self.control_loop.run()

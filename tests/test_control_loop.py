@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
@@ -65,6 +66,24 @@ def test_loop_serves_every_message_in_order_and_accounts_for_every_deadline(cont
     assert round((last_next - first_next) / period) == len(ticks) - 1 + last_missed - first_missed
     node.destroy_node()
     sender.destroy_node()
+
+
+def test_idle_task_runs_at_its_period_and_never_just_before_a_tick(context):
+    node = control_node(context, "control")
+    period, idle_period = 0.2, 0.05  # the task may run only in the first half of a period
+    calls: list[tuple[float, float]] = []  # (time, time left to the next deadline)
+    loop = ControlLoop(node, period, lambda: None, idle_task=lambda: calls.append(
+        (time.monotonic(), loop.schedule.deadline - time.monotonic())), idle_period=idle_period)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    time.sleep(1.2)
+    loop.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert len(calls) >= 6  # it also wakes the loop for the task, not only at deadlines
+    assert np.diff([t for t, _ in calls]).min() >= idle_period - 0.005
+    assert all(left >= period / 2 - 0.02 for _, left in calls)
+    node.destroy_node()
 
 
 def test_loop_returns_when_the_context_shuts_down(context):
