@@ -19,6 +19,7 @@ import atexit
 import signal
 import sys
 
+import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -76,7 +77,7 @@ class RecorderNode(Node):
                                      on_shutdown=p["on_shutdown"], sample_on=sample_on,
                                      reward_wait_s=p["reward_wait_s"],
                                      pair_timeout_s=p["pair_timeout_s"],
-                                     notify=self.get_logger().info)
+                                     notify=self.notify)
         except ValueError as e:
             writer.close()
             raise ConfigError(str(e)) from None
@@ -172,6 +173,14 @@ class RecorderNode(Node):
             DiagnosticStatus.WARN if problems else DiagnosticStatus.OK, message, status,
             self.get_clock().now().to_msg()))
 
+    def notify(self, message: str) -> None:
+        # Once the context is shut down (the shutdown commit), the node's logger can no longer
+        # publish to /rosout and rcl complains on every message; a logger of another name has
+        # no /rosout publisher and still reaches the console and the log file.
+        logger = self.get_logger() if self.context.ok() else rclpy.logging.get_logger(
+            f"{self.get_name()}.shutdown")
+        logger.info(message)
+
     def settle(self) -> None:
         """Commit or discard the open episode and close the store, once.
 
@@ -183,7 +192,7 @@ class RecorderNode(Node):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         recorder, self.recorder = self.recorder, None
         if recorder is not None:
-            self.get_logger().info(f"shutting down: {recorder.shutdown()}")
+            self.notify(f"shutting down: {recorder.shutdown()}")
 
     def destroy_node(self) -> None:
         self.settle()
