@@ -44,7 +44,8 @@ from std_srvs.srv import SetBool, Trigger
 
 from robot_stack import cdr
 from robot_stack.deploy.observation import ObservationReader
-from robot_stack.deploy.runtime import OnnxPolicy, PolicyRunner, SafetyConfig, check_compatible
+from robot_stack.deploy.runtime import (PROVIDER_ORDER, OnnxPolicy, PolicyRunner, SafetyConfig,
+                                        check_compatible)
 from robot_stack.errors import ConfigError
 from robot_stack.spec import FLOAT64_ARRAY, MalformedMessage, load_spec
 from ros_nodes import convert
@@ -135,8 +136,9 @@ class PolicyNode(Node):
             f"{self.policy.provider}; trigger {self.trigger} at {1 / self.period:g} Hz, "
             f"commands on {self.spec.action.topic}")
         if self.policy.fell_back:
-            self.get_logger().warning(f"{p['provider']} provider unavailable (libraries missing "
-                                      f"or no device): running on {self.policy.provider}")
+            self.get_logger().warning(
+                f"{PROVIDER_ORDER[p['provider']][0]} unavailable (not in this onnxruntime "
+                f"build, its libraries missing or no device): running on {self.policy.provider}")
         if not encoder.usable:
             self.get_logger().warning("the middleware did not read back a command written as "
                                       "little-endian CDR: publishing message objects")

@@ -57,6 +57,17 @@ def test_provider_order_and_unknown_provider():
         choose_providers("gpu", available)
 
 
+def test_a_provider_that_cannot_run_is_reported_as_a_fallback(exported):
+    cpu = OnnxPolicy(exported[1], provider="cpu")
+    assert (cpu.provider, cpu.fell_back) == (CPU, False)
+    cuda = OnnxPolicy(exported[1], provider="cuda")
+    if cuda.provider == "CUDAExecutionProvider":
+        pytest.skip("CUDA runs on this machine: nothing falls back")
+    # Missing from this onnxruntime build, or listed without the CUDA libraries or a device:
+    # CPU, reported as a fallback either way.
+    assert (cuda.provider, cuda.fell_back) == (CPU, True)
+
+
 def test_model_matches_the_cheetah_spec_and_not_others(policy):
     check_compatible(policy.metadata, load_spec(CONFIG / "robot_cheetah_sim.yaml")
                      .robot_description(), "cheetah spec")

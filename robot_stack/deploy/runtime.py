@@ -112,20 +112,19 @@ def _layout_text(layout: list) -> str:
     return "[" + ", ".join(f"{p['name']}({p['size']})" for p in layout) + "]"
 
 
-PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
+# Each choice's providers, best first. tensorrt only on request: engine builds take minutes.
+PROVIDER_ORDER = {"auto": [CUDA, CPU], "tensorrt": [TENSORRT, CUDA, CPU], "cuda": [CUDA, CPU],
+                  "cpu": [CPU]}
+PROVIDERS = tuple(PROVIDER_ORDER)
 
 
 def choose_providers(provider: str, available: list[str]) -> list[str]:
-    """The execution providers to ask for, best first, among those installed.
-
-    auto: CUDA, then CPU. tensorrt: TensorRT, CUDA, CPU (only on request: engine builds take
-    minutes). onnxruntime falls back along the list when a provider fails to load.
+    """The execution providers to ask for, best first, among those installed
+    (PROVIDER_ORDER). onnxruntime falls back along the list when a provider fails to load.
     """
     if provider not in PROVIDERS:
         raise ConfigError(f"provider must be one of {PROVIDERS}, got {provider!r}")
-    wanted = {"auto": [CUDA, CPU], "tensorrt": [TENSORRT, CUDA, CPU], "cuda": [CUDA, CPU],
-              "cpu": [CPU]}[provider]
-    return [p for p in wanted if p in available] or [CPU]
+    return [p for p in PROVIDER_ORDER[provider] if p in available] or [CPU]
 
 
 class OnnxPolicy:
@@ -153,9 +152,12 @@ class OnnxPolicy:
         finally:
             ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
         self.provider = self.session.get_providers()[0]
-        self.fell_back = self.provider != requested[0]
+        # Not the provider wanted first: its libraries or device are missing, or this
+        # onnxruntime build lacks it altogether (plain onnxruntime has no CUDA provider).
+        self.fell_back = self.provider != PROVIDER_ORDER[provider][0]
         (log.warning if self.fell_back else log.info)(
-            "policy %s runs on %s (asked for %s)", path, self.provider, ", ".join(requested))
+            "policy %s runs on %s (asked for %s; this onnxruntime has %s)", path, self.provider,
+            provider, ", ".join(ort.get_available_providers()))
         self.metadata = PolicyMetadata.from_props(
             self.session.get_modelmeta().custom_metadata_map, str(path))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
