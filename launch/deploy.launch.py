@@ -35,10 +35,14 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("thread_priority", default_value="50",
                               description="SCHED_FIFO priority of the control thread; 0 = normal "
                               "scheduling (needs CAP_SYS_NICE, else a warning)"),
+        DeclareLaunchArgument("lock_memory", default_value="true",
+                              description="lock the node's memory in RAM (mlockall; needs "
+                              "CAP_IPC_LOCK, else a warning)"),
         robot_stack_node("policy_node", "policy", [
             {"policy": absolute("policy"), "spec": absolute("spec"),
              "provider": LaunchConfiguration("provider"),
              "trigger": LaunchConfiguration("trigger"),
-             "thread_priority": LaunchConfiguration("thread_priority")},
+             "thread_priority": LaunchConfiguration("thread_priority"),
+             "lock_memory": LaunchConfiguration("lock_memory")},
         ]),
     ])

@@ -31,13 +31,14 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerGuardCondition
 
+from robot_stack import realtime
 from robot_stack.deploy.runtime import TickSchedule
 
 
 class ControlLoop:
     def __init__(self, node: Node, period: float, on_tick: Callable[[], None],
                  priority: int = 0, idle_task: Callable[[], None] | None = None,
-                 idle_period: float = 1.0):
+                 idle_period: float = 1.0, lock_memory: bool = False):
         if any(True for _ in (*node.timers, *node.services, *node.clients)):
             raise ValueError(f"{node.get_name()} has timers, services or clients: the control "
                              "loop serves subscriptions only (create the node with "
@@ -46,6 +47,7 @@ class ControlLoop:
         self.node = node
         self.on_tick = on_tick
         self.priority = priority
+        self.lock_memory = lock_memory
         self.idle_task = idle_task
         self.idle_period = idle_period
         self.schedule = TickSchedule(period, time.monotonic())
@@ -67,6 +69,8 @@ class ControlLoop:
         context = self.node.context
         if self.priority > 0:
             self._enter_realtime()
+        if self.lock_memory:
+            self._lock_memory()
         subscriptions = list(self.node.subscriptions)
         signalled = SignalHandlerGuardCondition(context=context)
         try:
@@ -122,9 +126,19 @@ class ControlLoop:
         CAP_SYS_NICE (root, or an rtprio limit in /etc/security/limits.conf); without it the
         loop runs under normal scheduling and says so."""
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.priority))
+            realtime.set_fifo(self.priority)
             self.node.get_logger().info(f"control loop runs SCHED_FIFO priority {self.priority}")
-        except (PermissionError, OSError) as e:
+        except OSError as e:
             self.node.get_logger().warning(
                 f"could not set SCHED_FIFO priority {self.priority} ({e.strerror}): the control "
                 "loop runs under normal scheduling; grant rtprio to the user for tighter timing")
+
+    def _lock_memory(self) -> None:
+        """The process's pages locked in RAM (robot_stack/realtime.py says why). It needs
+        CAP_IPC_LOCK or a memlock limit above the process's size; without it, a warning."""
+        try:
+            realtime.lock_memory()
+            self.node.get_logger().info(f"memory locked: {realtime.locked_kb() // 1024} MiB")
+        except OSError as e:
+            self.node.get_logger().warning(f"could not lock memory ({e.strerror}): a page fault "
+                                           "can then stall a tick")

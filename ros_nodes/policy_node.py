@@ -65,6 +65,8 @@ PARAMETERS = {  # name: (default, description)
     "enabled": (True, "start enabled"),
     "status_rate": (5.0, "Hz of ~/status and /diagnostics"),
     "thread_priority": (50, "SCHED_FIFO priority of the control thread; 0 = normal scheduling"),
+    "lock_memory": (True, "lock the process's memory in RAM (mlockall) before the control loop "
+                    "starts, so that no page fault stalls a tick"),
 }
 
 
@@ -128,6 +130,7 @@ class PolicyNode(Node):
         self.create_service(Trigger, "~/reset_estop", self.on_reset_estop)
         self.control_loop = ControlLoop(self.control, self.period, self.on_deadline,
                                         priority=p["thread_priority"],
+                                        lock_memory=p["lock_memory"],
                                         idle_task=self.publish_status,
                                         idle_period=1.0 / p["status_rate"])
         meta = self.policy.metadata
@@ -263,12 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thread-priority", type=int,
                         help="SCHED_FIFO priority of the control thread, 0 = normal scheduling "
                         "(default 50; needs CAP_SYS_NICE, else a warning and normal scheduling)")
+    parser.add_argument("--lock-memory", action=argparse.BooleanOptionalAction, default=None,
+                        help="lock the process's memory in RAM before the control loop starts "
+                        "(default on; needs CAP_IPC_LOCK, else a warning)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     options = ("policy", "spec", "provider", "trigger", "rate_hz", "stale_timeout_s",
-               "safe_action", "max_delta", "enabled", "thread_priority")
+               "safe_action", "max_delta", "enabled", "thread_priority", "lock_memory")
     return node_main(argv, build_parser(), {name: name for name in options}, PolicyNode,
                      PolicyNode.run)
 
