@@ -4,12 +4,14 @@ This process is the publisher: it sends sensor_msgs/JointState on `joint_states`
 cheetah's 9 joints) and timestamps every Float64MultiArray that comes back on `commands`.
   run "echo":        a bare rclpy node (SingleThreadedExecutor) that republishes each
                      observation's positions as a Float64MultiArray at once: the baseline;
-                     it spins at the policy node's control-thread priority (--thread-priority),
-                     so that both run the same path under the same scheduling;
+                     it spins with the policy node's real-time set-up (robot_stack/realtime.py:
+                     SCHED_FIFO --thread-priority, memory locked), so that both run the same
+                     path under the same scheduling;
   run "observation": the policy node with trigger observation (one command per observation);
   run "timer":       the policy node ticking at 1 kHz on its own (missed ticks from its status),
                      next to this process's own late publishes in the same window (a plain
-                     Python 1 kHz loop at normal priority: what the machine itself stalls).
+                     Python 1 kHz loop at normal priority: what the machine itself stalls) and
+                     the hypervisor's steal time (CPU time the host gave to something else).
 Each reply is matched to the observation it answers: the observations cycle through a table of
 distinct sim states, and the expected reply to each (the positions, or the policy's action,
 computed here with the same model and onnxruntime settings) identifies it exactly.
@@ -49,6 +51,7 @@ class Config:
     domain_id: int = 58
     pin: bool = False  # publisher on CPU 0, the node under test (echo or policy) on CPU 1
     thread_priority: int = 50  # SCHED_FIFO of the echo's and the policy node's control thread
+    lock_memory: bool = True  # mlockall in the echo and the policy node (the node's default)
     spec: str = str(REPO / "config/robot_cheetah_sim.yaml")
     warmup_s: float = 2.0
 
@@ -70,7 +73,7 @@ def observation_table(size: int):
     return list(task.joint_names), np.array(qpos), np.array(qvel)
 
 
-def run_echo(priority: int) -> None:
+def run_echo(priority: int, lock_memory: bool) -> None:
     """The baseline node: each observation's positions straight back as a command."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
@@ -82,8 +85,12 @@ def run_echo(priority: int) -> None:
     pub = node.create_publisher(Float64MultiArray, "commands", 10)
     node.create_subscription(JointState, "joint_states",
                              lambda msg: pub.publish(Float64MultiArray(data=msg.position)), 10)
-    if priority > 0:  # as the policy node's control loop does (root or CAP_SYS_NICE)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    from robot_stack import realtime  # the policy node's control-loop set-up
+
+    if priority > 0:
+        realtime.set_fifo(priority)
+    if lock_memory:
+        realtime.lock_memory()
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -189,6 +196,14 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def steal_ms() -> float:
+    """CPU time, summed over this machine's CPUs, that the hypervisor gave to something else
+    while a CPU had work (/proc/stat steal; 0 on bare metal)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def summary(latencies: list[float]) -> dict:
     ms = np.array(latencies) * 1e3
     if not len(ms):
@@ -228,16 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thread-priority", type=int, default=Config.thread_priority,
                         help="SCHED_FIFO priority of the policy node's control thread and of "
                         "the echo node, 0 = normal scheduling (default %(default)s, the node's)")
+    parser.add_argument("--no-lock-memory", dest="lock_memory", action="store_false",
+                        help="leave the echo's and the policy node's memory unlocked")
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)  # the baseline
     options = parser.parse_args(argv)
     if options.echo:
-        run_echo(options.thread_priority)
+        run_echo(options.thread_priority, options.lock_memory)
         return 0
     if not options.policy:
         parser.error("--policy is required: export one with `robot-stack export RUN --out FILE`")
     cfg = Config(policy=str(Path(options.policy).resolve()), seconds=options.seconds,
                  rounds=options.rounds, pin=options.pin,
-                 thread_priority=options.thread_priority)
+                 thread_priority=options.thread_priority, lock_memory=options.lock_memory)
     if cfg.pin:
         os.sched_setaffinity(0, {0})  # before the DDS threads start: they inherit it
     from robot_stack.deploy.runtime import OnnxPolicy
@@ -249,14 +266,16 @@ def main(argv: list[str] | None = None) -> int:
     driver = Driver(cfg, names, qpos, qvel)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     deploy = ["-m", "robot_stack.cli", "deploy", "--policy", cfg.policy, "--spec", cfg.spec,
-              "--provider", "cpu", "--thread-priority", str(cfg.thread_priority)]
+              "--provider", "cpu", "--thread-priority", str(cfg.thread_priority),
+              "--lock-memory" if cfg.lock_memory else "--no-lock-memory"]
     per_round = cfg.seconds / cfg.rounds if cfg.rounds else 0.0
     echo, observation = [], []
     try:
         for round_index in range(cfg.rounds):
             driver.expect(qpos)
             echo += measure(cfg, driver, [__file__, "--echo", "--thread-priority",
-                                          str(cfg.thread_priority)], per_round,
+                                          str(cfg.thread_priority)]
+                            + ([] if cfg.lock_memory else ["--no-lock-memory"]), per_round,
                             logs / "policy_latency_echo.log")
             driver.expect(actions)
             observation += measure(cfg, driver, deploy + ["--trigger", "observation"], per_round,
@@ -276,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             missed_before = json.loads(driver.status[-1].data)["missed_ticks"]
             ticks_before = json.loads(driver.status[-1].data)["ticks"]
             replies_before = driver.replies
+            steal_before = steal_ms()
             driver.drive(cfg.seconds, measure=False)
             driver_late = driver.late_publishes
+            steal = steal_ms() - steal_before
             time.sleep(0.5)  # a status after the window
             timer_status = json.loads(driver.status[-1].data)
         finally:
@@ -289,12 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "load": {"rate_hz": cfg.rate_hz, "seconds_per_run": cfg.seconds, "rounds": cfg.rounds,
                  "cpus": os.cpu_count(), "pinned": cfg.pin,
-                 "thread_priority": cfg.thread_priority, "loadavg_1min": os.getloadavg()[0]},
+                 "thread_priority": cfg.thread_priority, "lock_memory": cfg.lock_memory,
+                 "loadavg_1min": os.getloadavg()[0]},
         "echo": summary(echo),
         "observation": summary(observation),
         "timer": {"missed_ticks": timer_status["missed_ticks"] - missed_before,
                   "ticks": timer_status["ticks"] - ticks_before,
                   "driver_late_publishes": driver_late,
+                  "steal_ms": steal,
                   "commands_received_in_window": commands_in_window,
                   "expected_in_window": int(cfg.seconds * cfg.rate_hz),
                   "tick_lateness": timer_status["tick_lateness"],
@@ -309,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = result.get("ratio", {}).get("p99_ms")
     print(f"p99 ratio policy/echo: {ratio} (goal <= 1.10); missed ticks at "
           f"{cfg.rate_hz:g} Hz: {result['timer']['missed_ticks']} (goal 0); in the same window "
-          f"the driver's own 1 kHz loop published {driver_late} observations a period or more late")
+          f"the driver's own 1 kHz loop published {driver_late} observations a period or more late "
+          f"and the hypervisor took {steal:g} ms of CPU time (steal)")
     return 0
 
 
