@@ -31,10 +31,11 @@ def lock_memory() -> None:
         raise OSError(errno, os.strerror(errno))
 
 
-def locked_kb() -> int:
-    """This process's locked memory (VmLck), in kB."""
+def memory_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in kB: VmLck (the size of the
+    locked mappings, address reservations included), VmRSS (resident)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmLck:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmLck in /proc/self/status")
+    raise ValueError(f"no {field} in /proc/self/status")

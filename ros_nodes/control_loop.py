@@ -138,7 +138,8 @@ class ControlLoop:
         CAP_IPC_LOCK or a memlock limit above the process's size; without it, a warning."""
         try:
             realtime.lock_memory()
-            self.node.get_logger().info(f"memory locked: {realtime.locked_kb() // 1024} MiB")
+            self.node.get_logger().info(
+                f"memory locked: {realtime.memory_kb('VmRSS') // 1024} MiB resident")
         except OSError as e:
             self.node.get_logger().warning(f"could not lock memory ({e.strerror}): a page fault "
                                            "can then stall a tick")

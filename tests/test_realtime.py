@@ -16,7 +16,7 @@ import errno, json, os
 import numpy as np
 from robot_stack import realtime
 
-before = realtime.locked_kb()
+before = realtime.memory_kb("VmLck")
 buffer = np.ones(64 << 17)  # 64 MiB mapped before the lock
 try:
     realtime.set_fifo(10)
@@ -26,7 +26,7 @@ except OSError as e:
         raise
     print(json.dumps({"permitted": False, "error": str(e)}))
 else:
-    print(json.dumps({"permitted": True, "before_kb": before, "after_kb": realtime.locked_kb(),
+    print(json.dumps({"permitted": True, "before_kb": before, "after_kb": realtime.memory_kb("VmLck"),
                       "policy": os.sched_getscheduler(0), "fifo": os.SCHED_FIFO,
                       "priority": os.sched_getparam(0).sched_priority}))
 """
