@@ -18,9 +18,9 @@ import os
 MCL_CURRENT = 1
 
 
-def set_fifo(priority: int, tid: int = 0) -> None:
-    """SCHED_FIFO at `priority` for thread `tid` (0: the calling thread)."""
-    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+def set_fifo(priority: int) -> None:
+    """SCHED_FIFO at `priority` for the calling thread."""
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
 
 
 def lock_memory() -> None:

@@ -21,7 +21,6 @@ millisecond (60 missed ticks in 120 s, every one in phase with the 5 Hz status; 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from typing import Callable
