@@ -32,7 +32,9 @@ def control_node(context: Context, name: str) -> Node:
                 parameter_overrides=[Parameter("start_type_description_service", value=False)])
 
 
-def test_loop_serves_every_message_in_order_and_accounts_for_every_deadline(context):
+# True: the fallback through rclpy's public executor API, used where rcl's wait set is missing.
+@pytest.mark.parametrize("public_api_only", [False, True])
+def test_loop_serves_every_message_in_order_and_accounts_for_every_deadline(context, public_api_only):
     node = control_node(context, "control")
     received: list[int] = []
     node.create_subscription(Int64, "numbers", lambda msg: received.append(msg.data), 100)
@@ -43,7 +45,7 @@ def test_loop_serves_every_message_in_order_and_accounts_for_every_deadline(cont
     sender = Node("sender", context=context)
     publisher = sender.create_publisher(Int64, "numbers", 100)
 
-    thread = threading.Thread(target=loop.run)
+    thread = threading.Thread(target=loop.run, kwargs={"public_api_only": public_api_only})
     thread.start()
     deadline = time.monotonic() + 10
     while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
@@ -86,10 +88,11 @@ def test_idle_task_runs_at_its_period_and_never_just_before_a_tick(context):
     node.destroy_node()
 
 
-def test_loop_returns_when_the_context_shuts_down(context):
+@pytest.mark.parametrize("public_api_only", [False, True])
+def test_loop_returns_when_the_context_shuts_down(context, public_api_only):
     node = control_node(context, "control")
     loop = ControlLoop(node, 10.0, lambda: None)  # no deadline within the test
-    thread = threading.Thread(target=loop.run)
+    thread = threading.Thread(target=loop.run, kwargs={"public_api_only": public_api_only})
     thread.start()
     time.sleep(0.2)
     rclpy.try_shutdown(context=context)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robot_stack import compat
 from robot_stack.errors import ConfigError
 
 # CORL adds this to the dataset std so that constant observation channels do not divide by 0.
@@ -159,7 +160,8 @@ class FusedAdam(torch.optim.Adam):
     Adam.step() regroups the parameters and their state on each call, at our sizes more time
     than its fused kernel takes. After the first step (which Adam itself takes, creating the
     state) this keeps those lists and calls the same fused kernel on the same state tensors,
-    so results and state_dict() are identical to torch.optim.Adam's.
+    so results and state_dict() are identical to torch.optim.Adam's. That kernel is torch's
+    private API (robot_stack/compat.py); where a torch lacks it, every step is Adam's own.
     """
 
     def __init__(self, params, lr: float):
@@ -179,17 +181,20 @@ class FusedAdam(torch.optim.Adam):
         if closure is not None:
             raise ValueError("FusedAdam.step takes no closure")
         grads = [[p.grad for p in group["params"]] for group in self.param_groups]
-        if self._state_lists is None or any(g is None for gs in grads for g in gs):
-            # First step, or a parameter without a gradient: Adam's own path handles it.
+        kernel = compat.torch_fused_adam()
+        if kernel is None or self._state_lists is None \
+                or any(g is None for gs in grads for g in gs):
+            # No private kernel, the first step, or a parameter without a gradient: Adam's own
+            # path handles it.
             super().step()
             self._state_lists = self._collect_state_lists()
             return None
         for (group, params, exp_avgs, exp_avg_sqs, steps), group_grads in zip(self._state_lists, grads):
             torch._foreach_add_(steps, 1)
             beta1, beta2 = group["betas"]
-            torch._fused_adam_(params, group_grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                               lr=group["lr"], beta1=beta1, beta2=beta2,
-                               weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+            kernel(params, group_grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                   lr=group["lr"], beta1=beta1, beta2=beta2,
+                   weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
         return None
 
     def _collect_state_lists(self) -> list[tuple] | None:
