@@ -10,14 +10,21 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from robot_stack.data.store import PARTIAL_FILE, SOURCES, EpisodeStore, _is_url
+from robot_stack.data.store import PARTIAL_FILE, SOURCES, EpisodeStore, _is_url, read_rows
+from robot_stack.errors import DatasetError
 
 STATS_RTOL = 1e-9  # relative to the largest magnitude of a key's values
 
 
 @dataclass
 class CheckReport:
-    """Result of `check`: `problems` left in the dataset, `repaired` what repair=True fixed."""
+    """Result of `check`: `problems` left in the dataset, `repaired` what repair=True fixed.
+
+    `repairable` problems are crash leftovers and derived data (stats) that repair rebuilds;
+    `damage` the ones it cannot fix (lost, damaged or inconsistent committed data): while there
+    is any, repair changes nothing. An incomplete dataset (fewer episodes than its writer
+    planned) is a problem of neither kind.
+    """
 
     path: str
     episodes: int
@@ -25,7 +32,9 @@ class CheckReport:
     uncommitted_steps: int
     problems: list[str] = field(default_factory=list)
     repairable: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    repair_refused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -42,6 +51,8 @@ class CheckReport:
         lines += [f"  repaired: {text}" for text in self.repaired]
         lines += [f"  problem{' (repairable with --repair)' if text in self.repairable else ''}: {text}"
                   for text in self.problems]
+        if self.repair_refused:
+            lines.append("  not repaired: nothing was changed, because of the problems --repair cannot fix")
         return "\n".join(lines)
 
 
@@ -51,37 +62,52 @@ def _partial_files(path) -> list[str]:
     return [os.path.join(d, f) for d, _, files in os.walk(path) for f in files if PARTIAL_FILE.search(f)]
 
 
+def incompleteness(store: EpisodeStore) -> str | None:
+    """A line saying the dataset holds fewer episodes than its writer planned, else None."""
+    if not store.incomplete:
+        return None
+    return (f"incomplete: {store.n_episodes} of {store.planned_episodes} planned episodes committed "
+            "(its writer stopped early)")
+
+
+def damaged_chunks(store: EpisodeStore) -> list[str]:
+    """One line per block of committed rows (whole chunks) that does not decode, naming its
+    first bad chunk. Reads every committed chunk once."""
+    damaged = []
+    arrays = [(arr, store.n_steps) for arr in store._data.values()]
+    arrays += [(arr, store.n_episodes) for arr in [*store._meta.values(), store._ends_array]]
+    for arr, rows in arrays:
+        block = arr.chunks[0] * max(1, 4096 // max(1, arr.chunks[0]))  # whole chunks, ~4096 rows
+        for lo in range(0, rows, block):
+            try:
+                read_rows(arr, lo, min(lo + block, rows), store.path)
+            except DatasetError as exc:
+                damaged.append(str(exc).removeprefix(f"{store.path}: "))
+    return damaged
+
+
 def _inspect(store: EpisodeStore, report: CheckReport) -> None:
-    """Fill report.problems (and .repairable, the subset trim/stats recomputation fixes)."""
+    """Fill report.problems: .repairable the ones trim/stats recomputation fixes, .damage those
+    it cannot."""
     def problem(text: str, repairable: bool = False):
         report.problems.append(text)
-        if repairable:
-            report.repairable.append(text)
+        (report.repairable if repairable else report.damage).append(text)
 
-    ends, n_eps, n_steps = store.episode_ends, store.n_episodes, store.n_steps
-    raw = store._raw_ends
-    if (np.diff(np.concatenate([[0], ends])) <= 0).any():
-        problem("meta/episode_ends is not strictly increasing from a positive first entry")
-    if (raw[n_eps:] >= 0).any():
-        problem("meta/episode_ends has committed-looking entries after an unwritten (-1) one")
-    elif len(raw) > n_eps:
-        problem(f"meta/episode_ends has {len(raw) - n_eps} unwritten (-1) entries (crash in a commit)", True)
-    for key, spec in store.keys.items():
-        arr = store._data[key]
-        if arr.shape[1:] != spec.shape or arr.dtype != np.dtype(spec.dtype):
-            problem(f"data/{key}: {arr.shape[1:]} {arr.dtype} does not match the schema {spec.shape} {spec.dtype}")
-        if arr.shape[0] < n_steps:
-            problem(f"data/{key}: {arr.shape[0]} rows, but episode_ends covers {n_steps}")
-        elif arr.shape[0] > n_steps:
-            problem(f"data/{key}: {arr.shape[0] - n_steps} uncommitted rows after the last episode", True)
+    for found in store.problems:  # what opening found: structure, chunk listing, stats attribute
+        problem(found.text, found.repairable)
+    incomplete = incompleteness(store)
+    if incomplete:
+        report.problems.append(incomplete)
     extra = sorted(set(_array_names(store._root["data"])) - set(store.keys))
     if extra:
         problem(f"arrays under data/ not in the schema: {extra}")
-    for name, arr in store._meta.items():
-        if arr.shape[0] < n_eps:
-            problem(f"meta/episode_{name}: {arr.shape[0]} entries for {n_eps} episodes")
-        elif arr.shape[0] > n_eps:
-            problem(f"meta/episode_{name}: {arr.shape[0] - n_eps} uncommitted entries", True)
+    if report.damage:
+        return  # the data cannot be trusted to be where the metadata says
+    for text in damaged_chunks(store):
+        problem(text)
+    if report.damage:
+        return
+    ends, n_steps = store.episode_ends, store.n_steps
     meta = store.episode_meta
     if not np.array_equal(meta["length"], np.diff(np.concatenate([[0], ends]))):
         problem("meta/episode_length does not match the differences of episode_ends")
@@ -101,7 +127,9 @@ def _inspect(store: EpisodeStore, report: CheckReport) -> None:
     backwards = backwards[~np.isin(backwards, ends)]  # a new episode may restart its clock
     if len(backwards):
         problem(f"data/timestamp goes backwards within an episode at step {int(backwards[0])}")
-    if not store.stats_fresh():
+    if store._stored_stats is None:
+        pass  # the stats attribute is malformed: reported above
+    elif not store.stats_fresh():
         problem(f"stats cover {store._stats_steps} steps, dataset has {n_steps} (stale)", True)
     elif finite and n_steps:  # stats of non-finite data are meaningless; NaN is reported above
         stored = store.stats()
@@ -128,15 +156,19 @@ def _array_names(group, prefix: str = "") -> list[str]:
 def check(path, repair: bool = False) -> CheckReport:
     """Verify a dataset's invariants; with repair, trim the uncommitted tail and fix stats.
 
-    Raises DatasetError if path is not a dataset at all. Problems repair cannot fix (missing
-    committed rows, NaN in data, schema mismatches) stay in the returned report's `problems`.
+    Raises DatasetError if path is not a dataset at all. Problems repair cannot fix (missing,
+    damaged or inconsistent committed data, NaN, schema mismatches) stay in the returned report's
+    `problems`, and while there is one, repair changes nothing at all.
     """
-    with EpisodeStore.open(path, "r") as store:
+    with EpisodeStore.open(path, "r", raise_problems=False) as store:
         report = CheckReport(str(path), store.n_episodes, store.n_steps, store.uncommitted_steps)
         _inspect(store, report)
     if not (repair and report.repairable):
         return report
-    with EpisodeStore.open(path, "a") as store:
+    if report.damage:
+        report.repair_refused = True
+        return report
+    with EpisodeStore.open(path, "a", raise_problems=False) as store:
         store.trim_uncommitted()
         store.recompute_stats()
     repaired = check(path)
@@ -145,8 +177,16 @@ def check(path, repair: bool = False) -> CheckReport:
 
 
 def info(path) -> dict:
-    """Summary of a dataset for `data info`: sizes, keys, sources, task, bytes on disk."""
+    """Summary of a dataset for `data info`: sizes, keys, sources, task, bytes on disk.
+
+    Raises DatasetError naming the first problem when the dataset cannot be read (see
+    EpisodeStore.open) or a committed chunk does not decode (every chunk is read once).
+    """
     with EpisodeStore.open(path, "r") as store:
+        damaged = damaged_chunks(store)
+        if damaged:
+            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+            raise DatasetError(f"{path}: {damaged[0]}{more}; `robot-stack data check` lists them")
         meta = store.episode_meta
         lengths = meta["length"]
         local = not _is_url(path)
@@ -167,6 +207,8 @@ def info(path) -> dict:
             "episode_length": ({"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())}
                                if len(lengths) else None),
             "stats_fresh": store.stats_fresh(),
+            "planned_episodes": store.planned_episodes,
+            "incomplete": incompleteness(store),
             "size_bytes": (sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if local else None),
         }
 
@@ -175,6 +217,8 @@ def format_info(summary: dict) -> str:
     """Text for `data info` from the dict `info` returns."""
     lines = [f"{summary['path']}: {summary['episodes']} episodes, {summary['steps']} steps, task {summary['task']!r}"
              f", robot {summary['robot']!r}"]
+    if summary["incomplete"]:
+        lines.append(f"  {summary['incomplete']}")
     if summary["uncommitted_steps"]:
         lines.append(f"  {summary['uncommitted_steps']} uncommitted steps (crash leftovers; `data check --repair`)")
     if summary["episode_length"]:

@@ -21,7 +21,7 @@ import numpy as np
 from robot_stack.errors import DatasetError
 
 # Keys every dataset has, with the per-step shape and dtype kind they must have.
-REQUIRED_KEYS = {"action": None, "terminal": "b", "timestamp": "f"}
+REQUIRED_KEYS = {"action": "f", "terminal": "b", "timestamp": "f"}
 # Keys a dataset may lack, checked the same way when present. A recording of a robot without a
 # reward signal has no `reward` key (rather than made-up zeros): the trainer then asks for a
 # reward function.
@@ -120,8 +120,15 @@ def validate_schema(keys: dict[str, KeySpec]) -> dict[str, KeySpec]:
             raise DatasetError(f"key {name!r} has dtype {keys[name].dtype}, expected kind {kind!r}")
     if keys["timestamp"].dtype != "float64":
         raise DatasetError("key 'timestamp' must be float64 seconds")
-    if not any(k == "observation" or k.startswith("observation/") for k in keys):
+    if keys["action"].dtype != "float32" or len(keys["action"].shape) != 1:
+        raise DatasetError(f"key 'action' must be float32 vectors, got {keys['action'].dtype} "
+                           f"{keys['action'].shape}")
+    observations = [k for k in keys if k == "observation" or k.startswith("observation/")]
+    if not observations:
         raise DatasetError("the schema needs an 'observation' key (or keys under 'observation/')")
+    for name in observations:
+        if keys[name].dtype not in ("float32", "float64"):
+            raise DatasetError(f"key {name!r} has dtype {keys[name].dtype}, expected float32 or float64")
     return dict(sorted(keys.items()))
 
 

@@ -31,22 +31,27 @@ they read episode_ends first, then data.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import itertools
+import math
 import os
 import re
 import shutil
+import struct
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
-import zarr.storage._local as zarr_local_store
 from numcodecs import Blosc
-from zarr.codecs import BloscCodec, BytesCodec
-from zarr.core.buffer import default_buffer_prototype
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 
+from robot_stack import compat
 from robot_stack.data.schema import KeySpec, validate_rows, validate_schema
 from robot_stack.data.stats import RunningStats, rows_stats
 from robot_stack.errors import DatasetError
@@ -71,6 +76,11 @@ IMAGE_CHUNKS_IN_FLIGHT = 2 * IMAGE_WRITE_CHUNKS
 # benchmark's rendered-like frames 1.2 ms/frame and 5x smaller; bitshuffle was slower and larger
 # (1.8 ms, 3x), zstd smaller (10x) but 2x slower (see benchmarks/store_write.py).
 IMAGE_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+# Every chunk ends with the crc32c of its compressed bytes (zarr's crc32c codec, so plain zarr
+# verifies it on every read): a damaged chunk fails to decode, naming itself, instead of reading
+# as other values. zstd level 0 is zarr's default compressor for the other arrays.
+IMAGE_COMPRESSORS = [IMAGE_COMPRESSOR, Crc32cCodec()]
+COMPRESSORS = [ZstdCodec(level=0, checksum=False), Crc32cCodec()]
 # Image chunk files side by side (data/camera/rgb/c.<frame>.0.0.0) instead of zarr's default
 # c/<frame>/0/0/0, which makes three directories per frame: 0.5 ms of a 1 ms chunk write.
 IMAGE_CHUNK_KEYS = {"name": "default", "separator": "."}
@@ -105,21 +115,85 @@ def committed_prefix(ends: np.ndarray) -> np.ndarray:
     return ends[: unwritten[0]] if len(unwritten) else ends
 
 
+@dataclass(frozen=True)
+class Problem:
+    """A broken invariant found when a dataset is opened.
+
+    repairable: `trim_uncommitted` (crash leftovers) or `recompute_stats` fixes it.
+    blocks_reading: readers and writers refuse the dataset while it is there; the others are
+    leftovers of a crashed write that readers never look at.
+    """
+
+    text: str
+    repairable: bool = False
+    blocks_reading: bool = True
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """An OSError while writing (read-only file system, disk full, ...) as one DatasetError line.
+
+    Every key is written atomically and an episode is published last, so what was committed
+    before the error is unchanged; an interrupted episode is an uncommitted tail."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DatasetError(f"cannot write to {path}: {reason}; committed episodes are unchanged") from None
+
+
+def _chunk_name(arr, coords) -> str:
+    return f"{arr.path}/{arr.metadata.encode_chunk_key(tuple(coords))}"
+
+
+def _chunk_grid(arr, rows: int):
+    """Chunk coordinates that hold rows 0:rows of an array (every chunk of the other axes)."""
+    axes = [range(math.ceil(rows / arr.chunks[0]))]
+    axes += [range(math.ceil(size / chunk)) for size, chunk in zip(arr.shape[1:], arr.chunks[1:])]
+    return itertools.product(*axes)
+
+
+def read_rows(arr, start: int, stop: int, dataset) -> np.ndarray:
+    """arr[start:stop]; a chunk that cannot be read or decoded is a DatasetError naming it."""
+    try:
+        return arr[start:stop]
+    except DatasetError:
+        raise
+    except Exception as exc:  # zarr and its codecs raise many types for one cause: bad bytes
+        chunk_len = arr.chunks[0]
+        where, cause = f"rows {start}:{stop} of {arr.path}", exc
+        for lo in range(start - start % chunk_len, stop, chunk_len):
+            try:
+                arr[lo:min(lo + chunk_len, arr.shape[0])]
+            except Exception as chunk_exc:
+                coords = (lo // chunk_len, *([0] * (arr.ndim - 1)))
+                where, cause = f"chunk {_chunk_name(arr, coords)}", chunk_exc
+                break
+        detail = " ".join(f"{type(cause).__name__}: {cause}".split())[:200]
+        raise DatasetError(f"{dataset}: {where} is damaged and cannot be decoded ({detail})") from None
+
+
 class EpisodeStore:
     """A dataset of episodes. Use `create` or `open`, not the constructor."""
 
-    def __init__(self, path, mode: str, lock_fd: int | None):
+    def __init__(self, path, mode: str, lock_fd: int | None, raise_problems: bool = True):
         self.path = path
         self.mode = mode
         self._lock_fd = lock_fd
+        self._raise_problems = raise_problems
         self._writer: EpisodeWriter | None = None
         self.refresh()
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def create(cls, path, keys: dict[str, KeySpec], *, task: str, robot: dict,
-               generator: dict | None = None) -> EpisodeStore:
-        """Create an empty dataset at a local directory that does not exist or is empty."""
+               generator: dict | None = None, planned_episodes: int | None = None) -> EpisodeStore:
+        """Create an empty dataset at a local directory that does not exist or is empty.
+
+        planned_episodes: how many episodes the writer means to write (a collection or
+        generation run), so that a run that stopped early shows as incomplete; None for open-ended
+        writers such as the recorder.
+        """
         keys = validate_schema(keys)
         if not isinstance(robot, dict) or (generator is not None and not isinstance(generator, dict)):
             raise DatasetError("robot must be a dict and generator a dict or None")
@@ -132,6 +206,8 @@ class EpisodeStore:
             "generator": _jsonable(generator, "generator"),
             "stats": {"steps": 0, "keys": {}},
         }
+        if planned_episodes is not None:
+            attrs["planned_episodes"] = _planned_count(planned_episodes)
         if _is_url(path):
             raise DatasetError(f"{path}: datasets are created on a local path only")
         path = Path(path)
@@ -142,48 +218,50 @@ class EpisodeStore:
                 raise DatasetError(f"{path} exists and is not an empty directory; refusing to write there")
         # Build the dataset beside its destination and rename it into place, so a crash during
         # create leaves either no dataset or a complete empty one (never a half-made group).
-        path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
-        root = zarr.open_group(staging, mode="w-", attributes=attrs)
-        for name, spec in keys.items():
-            root.create_array(
-                f"data/{name}", shape=(0, *spec.shape), chunks=(spec.chunk_len, *spec.shape),
-                dtype=spec.dtype, fill_value=0, compressors=[IMAGE_COMPRESSOR] if spec.is_image else "auto",
-                chunk_key_encoding=IMAGE_CHUNK_KEYS if spec.is_image else None)
-        root.create_array("meta/episode_ends", shape=(0,), chunks=(META_CHUNK,), dtype="int64", fill_value=-1)
-        for name, dtype in META_DTYPES.items():
-            root.create_array(f"meta/episode_{name}", shape=(0,), chunks=(META_CHUNK,), dtype=dtype,
-                              fill_value=META_FILL[name])
-        try:
-            os.rename(staging, path)  # replaces an empty directory, fails on a non-empty one
-        except OSError as exc:
-            shutil.rmtree(staging)
-            raise DatasetError(f"cannot create {path}: {exc}") from None
+        with _writing(path):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _build_empty(staging, keys, attrs)
+                os.rename(staging, path)  # replaces an empty directory, fails on a non-empty one
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         lock_fd = _lock(path)
         return cls(path, "a", lock_fd)
 
     @classmethod
-    def open(cls, path, mode: str = "r") -> EpisodeStore:
-        """Open a dataset: mode "r" (local path or fsspec URL) or "a" (local path, to append)."""
+    def open(cls, path, mode: str = "r", raise_problems: bool = True) -> EpisodeStore:
+        """Open a dataset: mode "r" (local path or fsspec URL) or "a" (local path, to append).
+
+        Opening checks the dataset's invariants (see `problems`) and raises a DatasetError naming
+        the first one that makes it unsafe to read; `data check` passes raise_problems=False to
+        list them all instead (and then reads nothing else).
+        """
         if mode not in ("r", "a"):
             raise DatasetError(f"mode must be 'r' or 'a', got {mode!r}")
         if _is_url(path):
             if mode == "a":
                 raise DatasetError(f"{path}: appending needs a local path (atomic renames, flock)")
-            return cls(path, mode, None)
+            return cls(path, mode, None, raise_problems)
         path = Path(path)
         if not (path / "zarr.json").is_file():
             raise DatasetError(f"{path} is not a dataset (no zarr.json)")
         lock_fd = _lock(path) if mode == "a" else None
         try:
-            return cls(path, mode, lock_fd)
+            return cls(path, mode, lock_fd, raise_problems)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
 
     def refresh(self) -> None:
-        """Re-read the dataset: episode_ends first, then the data arrays (see module docstring)."""
+        """Re-read the dataset: episode_ends first, then the data arrays (see module docstring).
+
+        Checks the invariants every reader relies on, from metadata and the chunk listing only
+        (no data is read): `problems` lists what is broken, and a problem that blocks reading
+        raises a DatasetError naming it (unless opened with raise_problems=False).
+        """
         if self._writer is not None:
             raise DatasetError("cannot refresh while an episode is being written")
         zarr_mode = "r" if self.mode == "r" else "r+"
@@ -191,22 +269,43 @@ class EpisodeStore:
             root = zarr.open_group(self.path if _is_url(self.path) else str(self.path), mode=zarr_mode,
                                    use_consolidated=False)
             attrs = root.attrs.asdict()
-            if attrs.get("format") != FORMAT:
-                raise DatasetError(f"{self.path} is a zarr group but not a robot_stack dataset")
-            if attrs.get("schema_version") != SCHEMA_VERSION:
-                raise DatasetError(f"{self.path}: schema version {attrs.get('schema_version')} not supported")
-            self.keys: dict[str, KeySpec] = {k: KeySpec.from_json(v) for k, v in attrs["schema"].items()}
-            self._ends_array = root["meta/episode_ends"]
-            self._raw_ends = self._ends_array[:]
-            self._meta = {name: root[f"meta/episode_{name}"] for name in META_DTYPES}
-            self._data = {k: root[f"data/{k}"].with_config(ARRAY_CONFIG) for k in self.keys}
-        except (FileNotFoundError, KeyError, ValueError) as exc:
+        except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
             raise DatasetError(f"{self.path} is not a readable dataset: {exc!r}") from None
+        if attrs.get("format") != FORMAT:
+            raise DatasetError(f"{self.path} is a zarr group but not a robot_stack dataset")
+        if attrs.get("schema_version") != SCHEMA_VERSION:
+            raise DatasetError(f"{self.path}: schema version {attrs.get('schema_version')} not supported")
+        self.keys: dict[str, KeySpec] = _stored_schema(self.path, attrs.get("schema"))
+        names = {"meta/episode_ends": None, **{f"meta/episode_{m}": m for m in META_DTYPES},
+                 **{f"data/{k}": k for k in self.keys}}
+        arrays = {}
+        for name in names:
+            try:
+                arrays[name] = root[name]
+            except (KeyError, ValueError, OSError) as exc:
+                raise DatasetError(f"{self.path}: array {name} is missing or unreadable ({exc!r})") from None
+            if not isinstance(arrays[name], zarr.Array):
+                raise DatasetError(f"{self.path}: {name} is a group, expected an array")
         self._root, self._attrs = root, attrs
+        self._ends_array = arrays["meta/episode_ends"]
+        self._meta = {name: arrays[f"meta/episode_{name}"].with_config(ARRAY_CONFIG) for name in META_DTYPES}
+        self._data = {k: arrays[f"data/{k}"].with_config(ARRAY_CONFIG) for k in self.keys}
+        self._raw_ends = (read_rows(self._ends_array, 0, self._ends_array.shape[0], self.path)
+                          if self._ends_array.ndim == 1 else np.zeros(0, np.int64))
         self.episode_ends = committed_prefix(self._raw_ends).astype(np.int64)
-        self._stats = self._load_stats()
-        if self.mode == "a" and self._stats_steps != self.n_steps:
-            self._write_stats()
+        self.problems: list[Problem] = _structure_problems(self)
+        blocking = [p.text for p in self.problems if p.blocks_reading]
+        if blocking and self._raise_problems:
+            more = f" (and {len(blocking) - 1} more problems)" if len(blocking) > 1 else ""
+            raise DatasetError(f"{self.path}: {blocking[0]}{more}; `robot-stack data check` lists them")
+        # Loaded now unless `data check` opened it (it reads the data only once the chunks and
+        # their checksums are known to be good, and loads the stats then, through stats()).
+        self._stats: dict[str, RunningStats] | None = None
+        if self._raise_problems:
+            self._stats = self._load_stats()
+            if self.mode == "a" and self._stats_steps != self.n_steps:
+                with _writing(self.path):
+                    self._write_stats()
 
     def close(self) -> None:
         """Release the writer lock. An open streaming episode stays uncommitted."""
@@ -241,7 +340,24 @@ class EpisodeStore:
 
     @property
     def generator(self) -> dict | None:
-        return self._attrs["generator"]
+        return self._attrs.get("generator")
+
+    @property
+    def planned_episodes(self) -> int | None:
+        """Episodes the dataset's writer meant to write (None: open-ended, e.g. a recording)."""
+        return self._attrs.get("planned_episodes")
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether fewer episodes are committed than the writer planned (it stopped early)."""
+        return self.planned_episodes is not None and self.n_episodes < self.planned_episodes
+
+    def plan_episodes(self, more: int) -> None:
+        """Record that the writer means to add `more` episodes to the committed ones."""
+        self._require_writable()
+        with _writing(self.path):
+            self._root.attrs.update({"planned_episodes": self.n_episodes + _planned_count(more)})
+        self._attrs = self._root.attrs.asdict()
 
     @property
     def uncommitted_steps(self) -> int:
@@ -257,7 +373,7 @@ class EpisodeStore:
     @property
     def episode_meta(self) -> dict[str, np.ndarray]:
         n = self.n_episodes
-        meta = {name: arr[:n] for name, arr in self._meta.items()}
+        meta = {name: read_rows(arr, 0, n, self.path) for name, arr in self._meta.items()}
         for name in ("source", "task"):
             meta[name] = np.array(meta[name].tolist(), dtype=str)
         return meta
@@ -270,30 +386,33 @@ class EpisodeStore:
         """Committed rows start:stop (python slice semantics over the committed steps)."""
         self._check_key(key)
         start, stop, _ = slice(start, stop).indices(self.n_steps)
-        return self._data[key][start:max(start, stop)]
+        return read_rows(self._data[key], start, max(start, stop), self.path)
 
     def episode(self, i: int) -> dict[str, np.ndarray]:
         if not -self.n_episodes <= i < self.n_episodes:
             raise DatasetError(f"episode {i} out of range: dataset has {self.n_episodes} episodes")
         i %= self.n_episodes
         start = int(self.episode_ends[i - 1]) if i else 0
-        return {k: self._data[k][start:int(self.episode_ends[i])] for k in self.keys}
+        return {k: read_rows(self._data[k], start, int(self.episode_ends[i]), self.path) for k in self.keys}
 
     def stats(self) -> dict[str, dict[str, np.ndarray]]:
         """mean/std/min/max (float64) per key over every committed step; see stats.py for images.
 
         Empty while the dataset has no steps.
         """
+        if self._stats is None:
+            blocking = [p.text for p in self.problems if p.blocks_reading]
+            if blocking:
+                raise DatasetError(f"{self.path}: statistics unavailable: {blocking[0]}")
+            self._stats = self._load_stats()
         return {k: s.summary() for k, s in self._stats.items() if s.count}
 
     # ---- statistics ----------------------------------------------------------------------
     def _load_stats(self) -> dict[str, RunningStats]:
-        """Stored stats, caught up from the data when they cover fewer steps than are committed."""
-        stored = self._attrs.get("stats") or {}
-        self._stats_steps = int(stored.get("steps", -1))
-        if 0 < self._stats_steps <= self.n_steps and set(stored.get("keys", {})) == set(self.keys):
-            stored_stats = {k: RunningStats.from_json(stored["keys"][k]) for k in self.keys}
-            return self.compute_stats(self._stats_steps, stored_stats)
+        """Stored stats (checked by _structure_problems), caught up from the data when they cover
+        fewer steps than are committed."""
+        if self._stored_stats:
+            return self.compute_stats(self._stats_steps, self._stored_stats)
         return self.compute_stats()
 
     def compute_stats(self, start: int = 0, stats: dict[str, RunningStats] | None = None
@@ -309,13 +428,14 @@ class EpisodeStore:
         """Replace the stored stats by ones computed from all committed data (repair)."""
         self._require_writable()
         self._stats = self.compute_stats()
-        self._write_stats()
+        with _writing(self.path):
+            self._write_stats()
 
     def iter_blocks(self, key: str, start: int = 0):
         """Committed rows start: of a key in blocks of bounded memory (whole chunks)."""
         block = _block_rows(self.keys[key])
         for lo in range(start, self.n_steps, block):
-            yield self._data[key][lo:min(lo + block, self.n_steps)]
+            yield read_rows(self._data[key], lo, min(lo + block, self.n_steps), self.path)
 
     def stats_fresh(self) -> bool:
         """Whether the stored stats cover exactly the committed steps."""
@@ -364,20 +484,27 @@ class EpisodeStore:
     def trim_uncommitted(self) -> None:
         """Drop rows and meta entries beyond the committed episodes, and stale temporary files."""
         self._require_writable()
-        for arr in self._data.values():
-            if arr.shape[0] != self.n_steps:
-                arr.resize((self.n_steps, *arr.shape[1:]))
-        for arr in [*self._meta.values(), self._ends_array]:
-            if arr.shape[0] != self.n_episodes:
-                arr.resize((self.n_episodes,))
-        for directory, _, files in os.walk(self.path):
-            for name in files:
-                if PARTIAL_FILE.search(name):
-                    os.unlink(os.path.join(directory, name))
+        if any(not p.repairable for p in self.problems):
+            raise DatasetError(f"{self.path}: not trimming: {next(p for p in self.problems if not p.repairable).text}")
+        with _writing(self.path):
+            for arr in self._data.values():
+                if arr.shape[0] != self.n_steps:
+                    arr.resize((self.n_steps, *arr.shape[1:]))
+            for arr in [*self._meta.values(), self._ends_array]:
+                if arr.shape[0] != self.n_episodes:
+                    arr.resize((self.n_episodes,))
+            for directory, _, files in os.walk(self.path):
+                for name in files:
+                    if PARTIAL_FILE.search(name):
+                        os.unlink(os.path.join(directory, name))
         self.refresh()
 
     def _commit(self, writer: EpisodeWriter, success: int) -> int:
         """Second half of EpisodeWriter.commit: data are on disk, publish the episode."""
+        with _writing(self.path):
+            return self._publish(writer, success)
+
+    def _publish(self, writer: EpisodeWriter, success: int) -> int:
         index, new_steps = self.n_episodes, self.n_steps + writer.n_steps
         for arr in self._data.values():
             if arr.shape[0] != new_steps:
@@ -393,6 +520,12 @@ class EpisodeStore:
             self._stats[key].merge(episode_stats)
         self._write_stats()
         return index
+
+
+def _planned_count(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise DatasetError(f"planned episodes must be a non-negative integer, got {n!r}")
+    return int(n)
 
 
 def _success_code(success) -> int:
@@ -416,22 +549,201 @@ def _block_rows(spec: KeySpec) -> int:
     return spec.chunk_len * (IMAGE_WRITE_CHUNKS if spec.is_image else 1)
 
 
-def _chunk_encoder(arr) -> Blosc | None:
-    """A numcodecs Blosc that encodes a uint8 chunk exactly as the array's codecs (bytes -> blosc)
-    do, or None when the array has other codecs (its chunks then go through zarr)."""
-    codecs = arr.metadata.codecs
-    if arr.dtype != np.uint8 or len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) \
-            or not isinstance(codecs[1], BloscCodec):
-        return None
-    blosc = codecs[1]
-    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-    return Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle[blosc.shuffle.value],
-                 blocksize=blosc.blocksize, typesize=blosc.typesize)
+class _ImageChunkEncoder:
+    """Encodes a uint8 chunk into exactly the bytes the array's codecs (bytes -> blosc, then
+    crc32c in datasets written since checksums were added) produce."""
+
+    def __init__(self, blosc: Blosc, checksum: bool):
+        self.blosc, self.checksum = blosc, checksum
+
+    @classmethod
+    def of(cls, arr) -> _ImageChunkEncoder | None:
+        """The encoder of an array's chunks, or None when it has other codecs (its chunks then
+        go through zarr)."""
+        codecs = arr.metadata.codecs
+        if arr.dtype != np.uint8 or len(codecs) not in (2, 3) or not isinstance(codecs[0], BytesCodec) \
+                or not isinstance(codecs[1], BloscCodec) \
+                or (len(codecs) == 3 and not isinstance(codecs[2], Crc32cCodec)):
+            return None
+        blosc = codecs[1]
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+        return cls(Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle[blosc.shuffle.value],
+                         blocksize=blosc.blocksize, typesize=blosc.typesize), checksum=len(codecs) == 3)
+
+    def encode(self, chunk: np.ndarray) -> bytes:
+        compressed = self.blosc.encode(chunk)
+        if not self.checksum:
+            return compressed
+        return compressed + struct.pack("<I", google_crc32c.value(compressed))  # zarr's crc32c layout
 
 
-def _store_chunk(path: Path, encoder: Blosc, chunk: np.ndarray) -> None:
+def _store_chunk(store, key: str, encoder: _ImageChunkEncoder, chunk: np.ndarray) -> None:
     """Runs on the image write pool: compress one chunk and write it atomically."""
-    zarr_local_store._put(path, default_buffer_prototype().buffer.from_bytes(encoder.encode(chunk)))
+    compat.put_local(store, key, encoder.encode(chunk))
+
+
+def _build_empty(path: Path, keys: dict[str, KeySpec], attrs: dict) -> None:
+    """An empty dataset's group and arrays at path (which must not exist)."""
+    root = zarr.open_group(path, mode="w-", attributes=attrs)
+    for name, spec in keys.items():
+        root.create_array(
+            f"data/{name}", shape=(0, *spec.shape), chunks=(spec.chunk_len, *spec.shape),
+            dtype=spec.dtype, fill_value=0, compressors=IMAGE_COMPRESSORS if spec.is_image else COMPRESSORS,
+            chunk_key_encoding=IMAGE_CHUNK_KEYS if spec.is_image else None)
+    root.create_array("meta/episode_ends", shape=(0,), chunks=(META_CHUNK,), dtype="int64", fill_value=-1,
+                      compressors=COMPRESSORS)
+    for name, dtype in META_DTYPES.items():
+        root.create_array(f"meta/episode_{name}", shape=(0,), chunks=(META_CHUNK,), dtype=dtype,
+                          fill_value=META_FILL[name], compressors=COMPRESSORS)
+
+
+def _stored_schema(path, schema) -> dict[str, KeySpec]:
+    """The `schema` attribute as KeySpecs, checked like a new dataset's schema."""
+    if not isinstance(schema, dict):
+        raise DatasetError(f"{path}: the schema attribute is a {type(schema).__name__}, expected a dict")
+    try:
+        keys = {k: KeySpec.from_json(v) for k, v in schema.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DatasetError(f"{path}: the schema attribute is malformed ({exc!r})") from None
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: the schema attribute is invalid: {exc}") from None
+    try:
+        return validate_schema(keys)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: the stored schema is invalid: {exc}") from None
+
+
+def _structure_problems(store: EpisodeStore) -> list[Problem]:
+    """The invariants readers rely on, from metadata and the chunk listing (no data read).
+
+    Also sets store._stats_steps and store._stored_stats from the stats attribute."""
+    problems: list[Problem] = []
+    raw, n_eps, n_steps = store._raw_ends, store.n_episodes, store.n_steps
+
+    ends_array = store._ends_array
+    if ends_array.ndim != 1 or ends_array.dtype != np.int64:
+        problems.append(Problem(f"meta/episode_ends is {ends_array.dtype} of {ends_array.ndim} dimensions, "
+                                "expected 1-D int64"))
+    committed = raw[:n_eps]
+    steps = np.diff(np.concatenate([[0], committed]))
+    if (steps <= 0).any():
+        i = int(np.flatnonzero(steps <= 0)[0])
+        problems.append(Problem(f"meta/episode_ends is not strictly increasing from a positive first entry "
+                                f"(entry {i} is {int(committed[i])})"))
+    tail = raw[n_eps:]
+    if (tail >= 0).any():
+        problems.append(Problem("meta/episode_ends has committed-looking entries after an unwritten (-1) one "
+                                f"({tail.tolist()[:5]} after entry {n_eps - 1})"))
+    elif (tail < -1).any():
+        problems.append(Problem(f"meta/episode_ends holds {int(tail[tail < -1][0])}, neither an episode end "
+                                "nor unwritten (-1)"))
+    elif len(tail) > 1:
+        problems.append(Problem(f"meta/episode_ends has {len(tail)} unwritten (-1) entries; a crashed commit "
+                                "leaves at most one"))
+    elif len(tail):
+        problems.append(Problem(f"meta/episode_ends has {len(tail)} unwritten (-1) entries (crash in a commit)",
+                                repairable=True, blocks_reading=False))
+
+    for key, spec in store.keys.items():
+        arr = store._data[key]
+        if arr.shape[1:] != spec.shape or arr.dtype != np.dtype(spec.dtype):
+            problems.append(Problem(f"data/{key}: {arr.shape[1:]} {arr.dtype} does not match the schema "
+                                    f"{spec.shape} {spec.dtype}"))
+        if arr.shape[0] < n_steps:
+            problems.append(Problem(f"data/{key}: {arr.shape[0]} rows, but episode_ends covers {n_steps}"))
+        elif arr.shape[0] > n_steps:
+            problems.append(Problem(f"data/{key}: {arr.shape[0] - n_steps} uncommitted rows after the last "
+                                    "episode", repairable=True, blocks_reading=False))
+    for name, arr in store._meta.items():
+        expected = META_DTYPES[name]
+        if arr.ndim != 1 or (np.dtype(arr.dtype).kind not in "OTU" if expected is str
+                             else arr.dtype != np.dtype(expected)):
+            problems.append(Problem(f"meta/episode_{name} is {arr.dtype} of {arr.ndim} dimensions, expected "
+                                    f"1-D {'strings' if expected is str else expected}"))
+        if arr.shape[0] < n_eps:
+            problems.append(Problem(f"meta/episode_{name}: {arr.shape[0]} entries for {n_eps} episodes"))
+        elif arr.shape[0] > n_eps:
+            problems.append(Problem(f"meta/episode_{name}: {arr.shape[0] - n_eps} uncommitted entries",
+                                    repairable=True, blocks_reading=False))
+    if not any(p.blocks_reading for p in problems):
+        # The rows every committed episode needs; episode_ends also its unwritten entries but the
+        # last one (a crashed commit may not have written it). Not the other meta arrays: zarr
+        # skipped writing their chunks that hold only fill values (e.g. success all unknown) in
+        # datasets written before they got ARRAY_CONFIG; check compares their values instead.
+        needed = [(arr, n_steps) for arr in store._data.values()]
+        needed.append((ends_array, max(n_eps, len(raw) - 1)))
+        problems += _chunk_problems(store, needed)
+    problems += _stats_problems(store)
+    return problems
+
+
+def _chunk_problems(store: EpisodeStore, needed) -> list[Problem]:
+    """Chunks of committed rows that are missing (zarr would read them as fill values) or empty."""
+    problems = []
+    for arr, rows in needed:
+        present = _chunk_files(store, arr)
+        missing, empty = [], []
+        for coords in _chunk_grid(arr, rows):
+            key = arr.metadata.encode_chunk_key(coords)
+            if key not in present:
+                missing.append(f"{arr.path}/{key}")
+            elif present[key] == 0:
+                empty.append(f"{arr.path}/{key}")
+        for names, what in ((missing, "missing"), (empty, "empty (0 bytes)")):
+            if names:
+                more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+                problems.append(Problem(f"chunk{'s' if len(names) > 1 else ''} {', '.join(names[:3])}{more} "
+                                        f"of committed rows {'are' if len(names) > 1 else 'is'} {what}"))
+    return problems
+
+
+def _chunk_files(store: EpisodeStore, arr) -> dict[str, int | None]:
+    """Keys of the files under an array's directory (relative to it) -> size (None: unknown)."""
+    if _is_url(store.path):
+        return {key: None for key in compat.list_prefix(arr.store_path.store, arr.store_path.path + "/")}
+    files, stack = {}, [(Path(store.path) / arr.path, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, prefix + entry.name + "/"))
+            else:
+                files[prefix + entry.name] = entry.stat().st_size
+    return files
+
+
+def _stats_problems(store: EpisodeStore) -> list[Problem]:
+    """Check the stats attribute; sets store._stats_steps and store._stored_stats."""
+    store._stats_steps, store._stored_stats = -1, None
+    stored = store._attrs.get("stats")
+    try:
+        if not isinstance(stored, dict) or not isinstance(stored.get("keys"), dict):
+            raise ValueError(f"a {type(stored).__name__}, expected {{steps, keys}}")
+        steps = stored.get("steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps is {steps!r}")
+        stats = {}
+        if steps:
+            if set(stored["keys"]) != set(store.keys):
+                raise ValueError("its keys differ from the schema's")
+            for key, spec in store.keys.items():
+                stats[key] = RunningStats.from_json(stored["keys"][key])
+                expected = RunningStats.empty(spec).mean.shape
+                if any(np.shape(v) != expected for v in (stats[key].mean, stats[key].m2, stats[key].min,
+                                                         stats[key].max)):
+                    raise ValueError(f"the statistics of {key!r} have the wrong shape")
+    except (ValueError, TypeError, KeyError) as exc:
+        reason = exc.args[0] if isinstance(exc, ValueError) and exc.args else repr(exc)
+        return [Problem(f"the stats attribute is malformed ({reason})", repairable=True)]
+    if steps > store.n_steps:
+        return [Problem(f"stats cover {steps} steps but episode_ends commits only {store.n_steps}: "
+                        "committed episodes are missing from meta/episode_ends")]
+    store._stats_steps, store._stored_stats = steps, stats
+    return []
 
 
 def _lock(path: Path) -> int:
@@ -457,12 +769,12 @@ class _KeyBuffer:
         self.start = first_row - first_row % spec.chunk_len   # dataset row of rows[0]
         self.filled = first_row - self.start
         if self.filled:
-            self.rows[: self.filled] = arr[self.start:first_row]
+            self.rows[: self.filled] = read_rows(arr, self.start, first_row, arr.store_path.store.root)
         self.new_from = self.filled   # rows before this are committed or already in the stats
         self.written = self.filled    # rows before this are on disk
         self.stats = RunningStats.empty(spec)
         self.written_to_disk = False
-        self.encoder = _chunk_encoder(arr) if spec.is_image and pool is not None else None
+        self.encoder = _ImageChunkEncoder.of(arr) if spec.is_image and pool is not None else None
         self.in_flight: list[Future] = []  # chunk writes on the image write pool, oldest first
 
     def add(self, values: np.ndarray) -> None:
@@ -506,12 +818,12 @@ class _KeyBuffer:
         zarr pads chunks that reach past the array's end.
         """
         chunk_len = self.spec.chunk_len
-        array_dir = self.arr.store_path.store.root / self.arr.store_path.path
+        store, array_path = self.arr.store_path.store, self.arr.store_path.path
         for lo in range(self.written - self.written % chunk_len, self.filled, chunk_len):
             self.rows[self.filled:lo + chunk_len] = 0
             key = self.arr.metadata.encode_chunk_key(((self.start + lo) // chunk_len, 0, 0, 0))
             self.in_flight.append(self.pool.submit(
-                _store_chunk, array_dir / key, self.encoder, self.rows[lo:lo + chunk_len]))
+                _store_chunk, store, f"{array_path}/{key}", self.encoder, self.rows[lo:lo + chunk_len]))
         self.wait(keep=IMAGE_CHUNKS_IN_FLIGHT)
 
     def wait(self, keep: int = 0, raise_errors: bool = True) -> None:
@@ -545,8 +857,9 @@ class EpisodeWriter:
     def _add(self, rows: dict, single: bool) -> None:
         self._check_open()
         valid = validate_rows(self._store.keys, rows, self.n_steps, self._last_timestamp, single)
-        for key, values in valid.items():
-            self._buffers[key].add(values)
+        with _writing(self._store.path):  # a full buffer is written to disk
+            for key, values in valid.items():
+                self._buffers[key].add(values)
         if len(valid["timestamp"]):
             self._last_timestamp = float(valid["timestamp"][-1])
             self.n_steps += len(valid["timestamp"])
@@ -566,9 +879,10 @@ class EpisodeWriter:
     def flush(self) -> None:
         """Write buffered rows to disk (still uncommitted), e.g. periodically from a recorder."""
         self._check_open()
-        for buffer in self._buffers.values():
-            buffer.write()
-        self._wait_for_writes(raise_errors=True)
+        with _writing(self._store.path):
+            for buffer in self._buffers.values():
+                buffer.write()
+            self._wait_for_writes(raise_errors=True)
 
     def _wait_for_writes(self, raise_errors: bool) -> None:
         """Wait for every queued image chunk write; raise the first failure if asked."""
