@@ -124,7 +124,7 @@ def write_synthetic_dataset(out: str | Path, steps: dict[str, np.ndarray], *, ta
     act_dim = steps["action"].shape[-1]
     rate = float(robot.get("control_rate_hz") or 1.0)
     store = EpisodeStore.create(str(out), standard_keys(obs_dim, act_dim), task=task, robot=robot,
-                                generator=generator_attrs)
+                                generator=generator_attrs, planned_episodes=n)
     timestamp = np.arange(length, dtype=np.float64) / rate
     with store:
         for i in range(n):

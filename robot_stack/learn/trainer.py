@@ -280,6 +280,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if not resume and checkpoint_path.exists():
         raise ConfigError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
                           "or choose another --out")
+    if resume and not checkpoint_path.exists():
+        raise ConfigError(f"{run_dir} has no checkpoint to resume from (the run stopped before its "
+                          "first one): run the same train command again without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
