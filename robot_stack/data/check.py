@@ -52,7 +52,7 @@ class CheckReport:
         lines += [f"  problem{' (repairable with --repair)' if text in self.repairable else ''}: {text}"
                   for text in self.problems]
         if self.repair_refused:
-            lines.append("  not repaired: nothing was changed, because of the problems --repair cannot fix")
+            lines.append("  not repaired: nothing was changed, because --repair cannot fix the problems above")
         return "\n".join(lines)
 
 
@@ -163,10 +163,10 @@ def check(path, repair: bool = False) -> CheckReport:
     with EpisodeStore.open(path, "r", raise_problems=False) as store:
         report = CheckReport(str(path), store.n_episodes, store.n_steps, store.uncommitted_steps)
         _inspect(store, report)
-    if not (repair and report.repairable):
-        return report
-    if report.damage:
+    if repair and report.damage:
         report.repair_refused = True
+        return report
+    if not (repair and report.repairable):
         return report
     with EpisodeStore.open(path, "a", raise_problems=False) as store:
         store.trim_uncommitted()
