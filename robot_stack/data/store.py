@@ -2,7 +2,8 @@
 
 Layout (diffusion_policy ReplayBuffer convention, readable with plain zarr):
 
-    <root>/zarr.json           attributes: format, schema_version, schema, task, robot, generator, stats
+    <root>/zarr.json           attributes: format, schema_version, schema, task, robot, generator, stats,
+                               planned_episodes (when the writer had a target: collect, generate)
     <root>/data/<key>          (N, *shape) every episode concatenated in time; nested keys such as
                                "camera/rgb" are nested groups
     <root>/meta/episode_ends   int64 cumulative step counts; episode i = rows ends[i-1]:ends[i]
@@ -22,7 +23,18 @@ chunk hold the same committed bytes. Rows or meta entries beyond the committed e
 uncommitted tail: reported by `uncommitted_steps`, removed by `trim_uncommitted()`, overwritten by
 the next episode. Stats are written after episode_ends and carry the step count they cover; a
 stale count is caught up from the data on open. Durability against power loss (fsync) is not
-provided: zarr does not fsync, so this protects against process crashes and kills.
+provided: zarr does not fsync, so this protects against process crashes and kills. An OSError
+while writing (disk full, read-only file system) is a one-line DatasetError; it leaves at most an
+uncommitted tail. (LocalStore writes atomically since zarr 3.1.3; see robot_stack/compat.py.)
+
+Damage. Every chunk ends with its crc32c (zarr's crc32c codec; datasets written before it
+have none and still read), and a chunk that does not decode is a DatasetError naming it. Opening
+checks, from metadata and the chunk listing only, the invariants every reader relies on:
+episode_ends a strictly increasing prefix followed by at most one unwritten -1, every data array
+as long as the committed steps with the schema's shape and dtype, every chunk of committed rows
+present and non-empty, the stats attribute well-formed and not ahead of episode_ends. A broken
+one is refused in one line (`problems` lists them; `data check` reports them all). Only crash
+leftovers and the stats are repairable; anything else is reported and never "repaired".
 
 One writer at a time: mode "a" and create take an exclusive flock on the dataset directory (no
 lock file, so the hierarchy stays pure zarr). Readers take no lock and see committed episodes only:
