@@ -11,7 +11,7 @@ from zarr.storage import LocalStore
 
 from robot_stack import compat
 from robot_stack.data import EpisodeStore, KeySpec, standard_keys
-from robot_stack.data.store import IMAGE_CHUNK_KEYS, IMAGE_COMPRESSORS
+from robot_stack.data.store import IMAGE_CHUNK_KEYS, IMAGE_COMPRESSORS, _ImageChunkEncoder
 from robot_stack.learn.nets import FusedAdam
 
 
@@ -30,6 +30,7 @@ def test_image_chunks_from_the_fast_path_are_the_bytes_zarr_itself_writes(tmp_pa
     frames[:, :12] = 40  # compressible, like a render
     keys = {**standard_keys(3, 2), "camera/rgb": KeySpec((24, 32, 3), "uint8")}
     with EpisodeStore.create(tmp_path / "ds.zarr", keys, task="t", robot={}) as store:
+        assert _ImageChunkEncoder.of(store._data["camera/rgb"]) is not None  # the writer's fast path
         store.append_episode({"observation": np.zeros((5, 3), np.float32), "action": np.zeros((5, 2), np.float32),
                               "reward": np.zeros(5, np.float32), "terminal": np.zeros(5, bool),
                               "timestamp": np.arange(5.0), "camera/rgb": frames}, source="sim")

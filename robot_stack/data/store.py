@@ -248,7 +248,7 @@ class EpisodeStore:
 
         Opening checks the dataset's invariants (see `problems`) and raises a DatasetError naming
         the first one that makes it unsafe to read; `data check` passes raise_problems=False to
-        list them all instead (and then reads nothing else).
+        list them all instead.
         """
         if mode not in ("r", "a"):
             raise DatasetError(f"mode must be 'r' or 'a', got {mode!r}")
@@ -288,8 +288,7 @@ class EpisodeStore:
         if attrs.get("schema_version") != SCHEMA_VERSION:
             raise DatasetError(f"{self.path}: schema version {attrs.get('schema_version')} not supported")
         self.keys: dict[str, KeySpec] = _stored_schema(self.path, attrs.get("schema"))
-        names = {"meta/episode_ends": None, **{f"meta/episode_{m}": m for m in META_DTYPES},
-                 **{f"data/{k}": k for k in self.keys}}
+        names = ["meta/episode_ends", *(f"meta/episode_{m}" for m in META_DTYPES), *(f"data/{k}" for k in self.keys)]
         arrays = {}
         for name in names:
             try:
