@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from robot_stack.data.store import PARTIAL_FILE, SOURCES, EpisodeStore, _is_url, read_rows
+from robot_stack.data.store import (META_CHUNK, PARTIAL_FILE, SOURCES, EpisodeStore, _block_rows, _is_url,
+                                    read_rows)
 from robot_stack.errors import DatasetError
 
 STATS_RTOL = 1e-9  # relative to the largest magnitude of a key's values
@@ -74,10 +75,9 @@ def damaged_chunks(store: EpisodeStore) -> list[str]:
     """One line per block of committed rows (whole chunks) that does not decode, naming its
     first bad chunk. Reads every committed chunk once."""
     damaged = []
-    arrays = [(arr, store.n_steps) for arr in store._data.values()]
-    arrays += [(arr, store.n_episodes) for arr in [*store._meta.values(), store._ends_array]]
-    for arr, rows in arrays:
-        block = arr.chunks[0] * max(1, 4096 // max(1, arr.chunks[0]))  # whole chunks, ~4096 rows
+    arrays = [(store._data[key], store.n_steps, _block_rows(spec)) for key, spec in store.keys.items()]
+    arrays += [(arr, store.n_episodes, META_CHUNK) for arr in [*store._meta.values(), store._ends_array]]
+    for arr, rows, block in arrays:
         for lo in range(0, rows, block):
             try:
                 read_rows(arr, lo, min(lo + block, rows), store.path)
