@@ -171,6 +171,14 @@ def _stats_a_string(path):
     zarr.open_group(path, mode="r+").attrs["stats"] = "not statistics"
 
 
+def _task_attribute_deleted(path):
+    del zarr.open_group(path, mode="r+").attrs["task"]
+
+
+def _meta_chunk_deleted(path):
+    (path / "meta/episode_length/c/0").unlink()
+
+
 STRUCTURE_DAMAGE = {
     "decreasing episode_ends": (_decreasing_ends, "episode_ends"),
     "action float64": (_action_float64, "data/action"),
@@ -178,6 +186,8 @@ STRUCTURE_DAMAGE = {
     "observation too narrow": (_observation_too_narrow, "data/observation"),
     "schema says action float64": (_schema_and_array_say_action_float64, "action"),
     "stats a string": (_stats_a_string, "stats"),
+    "task attribute deleted": (_task_attribute_deleted, "task"),
+    "meta chunk deleted": (_meta_chunk_deleted, "meta/episode_length/c/0"),
 }
 
 

@@ -630,6 +630,13 @@ def _structure_problems(store: EpisodeStore) -> list[Problem]:
     Also sets store._stats_steps and store._stored_stats from the stats attribute."""
     problems: list[Problem] = []
     raw, n_eps, n_steps = store._raw_ends, store.n_episodes, store.n_steps
+    attrs = store._attrs
+    for name, types, expected in (("task", str, "a string"), ("robot", dict, "a dict"),
+                                  ("generator", (dict, type(None)), "a dict or null"),
+                                  ("planned_episodes", (int, type(None)), "an integer or absent")):
+        value = attrs.get(name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            problems.append(Problem(f"the {name} attribute is {value!r:.40}, expected {expected}"))
 
     ends_array = store._ends_array
     if ends_array.ndim != 1 or ends_array.dtype != np.int64:
@@ -678,10 +685,12 @@ def _structure_problems(store: EpisodeStore) -> list[Problem]:
                                     repairable=True, blocks_reading=False))
     if not any(p.blocks_reading for p in problems):
         # The rows every committed episode needs; episode_ends also its unwritten entries but the
-        # last one (a crashed commit may not have written it). Not the other meta arrays: zarr
-        # skipped writing their chunks that hold only fill values (e.g. success all unknown) in
-        # datasets written before they got ARRAY_CONFIG; check compares their values instead.
+        # last one (a crashed commit may not have written it). The other meta arrays only where
+        # they carry checksums: before that (and ARRAY_CONFIG on them), zarr skipped writing their
+        # chunks that held only fill values (e.g. success all unknown); check compares values.
         needed = [(arr, n_steps) for arr in store._data.values()]
+        needed += [(arr, n_eps) for arr in store._meta.values()
+                   if any(isinstance(codec, Crc32cCodec) for codec in arr.metadata.codecs)]
         needed.append((ends_array, max(n_eps, len(raw) - 1)))
         problems += _chunk_problems(store, needed)
     problems += _stats_problems(store)
