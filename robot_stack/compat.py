@@ -1,17 +1,20 @@
-"""The private APIs of our dependencies that we use for speed, each checked once at import.
+"""The private APIs of our dependencies that we use, each checked once with a public fallback.
 
 Each fast path below calls a function its library does not promise to keep. This module is the
-only place that names them: at import it checks that each is there with the signature we call,
-and when one is not (a newer or older release), the public path that does the same job is used
-instead; every fallback gives the same result, only slower (tests/test_compat.py runs each
-fallback against its fast path).
+only place that names them: it checks once (at import, or at first use for torch and rclpy, which
+robot_stack.data must not import) that each is there with the signature we call, and when one is
+not (a newer or older release), the public path that does the same job is used instead; every
+fallback gives the same result, only slower (tests/test_compat.py and tests/test_control_loop.py
+run each fallback against its fast path).
 
 * zarr: `zarr.storage._local._put`, LocalStore's atomic write (temporary file + rename, zarr
   >= 3.1.3), called straight from the image write threads. Public path: `LocalStore.set_sync`,
   which runs the same function after a check of the store (and, where a release lacks set_sync,
-  `LocalStore.set` through zarr's event loop, +0.6 ms CPU per frame).
+  `LocalStore.set` run on an event loop).
+  Listing a remote (fsspec) store's keys runs zarr's async listing through
+  `zarr.core.sync.sync`, zarr's own event loop; without it, through a new event loop.
 * torch: `torch._fused_adam_`, the fused Adam kernel robot_stack.learn.nets.FusedAdam calls on
-  its cached state lists (checked on first use: robot_stack.data must not import torch). Public path: `torch.optim.Adam(fused=True)`, whose step regroups the
+  its cached state lists. Public path: `torch.optim.Adam(fused=True)`, whose step regroups the
   parameters on every call and then runs that same kernel.
 * rclpy: `rclpy.impl.implementation_singleton.rclpy_implementation.WaitSet`, the rcl wait set
   ros_nodes/control_loop.py waits on (rclpy's own wait_for_message uses it). Public path: an
@@ -19,6 +22,7 @@ fallback against its fast path).
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import inspect
@@ -41,7 +45,7 @@ ZARR_PRIVATE_PUT = _function_with_parameters("zarr.storage._local", "_put", ("pa
 
 def zarr_buffer(data: bytes):
     """Bytes as the Buffer zarr's stores take."""
-    from zarr.core.buffer import default_buffer_prototype
+    from zarr.buffer import default_buffer_prototype
 
     return default_buffer_prototype().buffer.from_bytes(data)
 
@@ -63,19 +67,25 @@ def put_local_public(store, key: str, data: bytes) -> None:
     if hasattr(store, "set_sync"):
         store.set_sync(key, zarr_buffer(data))
         return
-    from zarr.core.sync import sync
-
-    sync(store.set(key, zarr_buffer(data)))
+    asyncio.run(store.set(key, zarr_buffer(data)))
 
 
-def list_prefix(store, prefix: str) -> list[str]:
-    """Keys of a zarr store under prefix, relative to it (for stores other than local paths)."""
-    from zarr.core.sync import sync
+def list_prefix(store, prefix: str, public_api_only: bool = False) -> list[str]:
+    """Keys of a zarr store under prefix, relative to it (for stores other than local paths).
 
+    public_api_only: run zarr's listing on a new event loop even where zarr's own is reachable
+    (the fallback path, which tests run)."""
     async def collect():
         return [key async for key in store.list_prefix(prefix)]
 
-    return [key[len(prefix):] for key in sync(collect())]
+    sync = None if public_api_only else _zarr_sync()
+    keys = sync(collect()) if sync is not None else asyncio.run(collect())
+    return [key[len(prefix):] for key in keys]
+
+
+@functools.cache
+def _zarr_sync():
+    return _function_with_parameters("zarr.core.sync", "sync", ("coro",))
 
 
 # ---- torch ---------------------------------------------------------------------------------

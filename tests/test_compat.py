@@ -25,6 +25,14 @@ def test_zarr_put_fast_path_and_public_fallback_write_the_same_file(tmp_path):
     assert not [p for p in tmp_path.rglob("*.partial")]  # both renamed their temporary file into place
 
 
+def test_listing_a_remote_store_through_zarrs_loop_and_a_new_one_gives_the_same_keys(tmp_path):
+    zarr.create_array(tmp_path / "a", shape=(10,), chunks=(3,), dtype="int64", fill_value=0)[:] = range(10)
+    store = zarr.open_array(f"file://{tmp_path / 'a'}", mode="r").store_path.store
+    keys = compat.list_prefix(store, "c/")
+    assert sorted(keys) == ["0", "1", "2", "3"]
+    assert sorted(compat.list_prefix(store, "c/", public_api_only=True)) == sorted(keys)
+
+
 def test_image_chunks_from_the_fast_path_are_the_bytes_zarr_itself_writes(tmp_path):
     frames = np.random.default_rng(1).integers(0, 256, size=(5, 24, 32, 3), dtype=np.uint8)
     frames[:, :12] = 40  # compressible, like a render
