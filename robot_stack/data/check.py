@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from robot_stack.data.continuity import check_store as check_continuity
 from robot_stack.data.store import PARTIAL_FILE, SOURCES, EpisodeStore, _is_url
 
 STATS_RTOL = 1e-9  # relative to the largest magnitude of a key's values
@@ -101,6 +102,7 @@ def _inspect(store: EpisodeStore, report: CheckReport) -> None:
     backwards = backwards[~np.isin(backwards, ends)]  # a new episode may restart its clock
     if len(backwards):
         problem(f"data/timestamp goes backwards within an episode at step {int(backwards[0])}")
+    check_continuity(store, problem)
     if not store.stats_fresh():
         problem(f"stats cover {store._stats_steps} steps, dataset has {n_steps} (stale)", True)
     elif finite and n_steps:  # stats of non-finite data are meaningless; NaN is reported above
