@@ -52,6 +52,31 @@ sample. The last step is held back until the episode ends, to set its terminal f
 Each step also records `stamp/<stream>`: the source stamp (header stamp, or receive time for
 headerless messages) of the value used, 0 if the stream never delivered, so synchronisation
 can be audited offline.
+
+Gap policy. A committed episode is one contiguous sequence of samples: each step's sample
+clock (robot_stack/data/continuity.py: the stamp of the stream sampled on, the answered state's
+stamp for a headerless command topic, the recorder clock on a timer) lies more than 0 and less
+than 1.5 control periods after the step before it. Whatever broke the sequence (a stalled or
+descheduled recorder whose DDS queues overflowed, a message burst, an applied command whose
+state never came, a stale stream, a full writer queue, dropped timer ticks), the check is made
+on the steps as they are handed to the writer, so it covers every cause:
+  - the steps before the gap are committed as an episode of their own (success unknown, last
+    step not terminal);
+  - with rewards matched in order (sample_on with a reward topic), the rest of the episode is
+    discarded up to its end: rewards carry no stamp, so after lost messages no sample's reward
+    is known for sure ("cut");
+  - otherwise (timer sampling, or no reward topic), the samples after the gap go on as a new
+    episode ("split").
+~/status counts gaps, gap_samples_missing (sample periods without a sample), the episodes
+split and cut at gaps and samples_discarded_after_gaps; `data check` reports any gap left in a
+dataset.
+
+Commits are confirmed. The writer thread answers each commit with the episode's index on disk
+or the error that failed it (a full disk: the episode is lost, the episodes before it stay
+intact, and the next episode is tried afresh, so recording recovers once space returns). An
+episode counts as committed, and `episode` advances, only on that answer (confirm_commits, run
+on every tick); the stop service waits for it up to commit_wait_s and otherwise answers
+"commit pending". Every setting is checked at start-up (check_settings).
 """
 
 from __future__ import annotations
