@@ -515,8 +515,9 @@ class Recorder:
         if self.state != RECORDING:
             return False, "no episode is recording"
         if wait_s > 0:
+            handed = len(self._commits)
             ok, message = self.stop_episode(success, now, terminal, at_end_report)
-            if not ok or self.state == CLOSING or not self._commits:
+            if not ok or len(self._commits) == handed:  # closing, or discarded
                 return ok, message
             return self._answer_commits(wait_s)
         wait = self.pair_timeout_s if self.pair_by_stamp else self.reward_wait_s

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from robot_stack.errors import ConfigError
-from robot_stack.spec import IMAGE, JOINT_STATE, spec_from_dict
+from robot_stack.spec import JOINT_STATE, spec_from_dict
 
 # Late or early samples within half a period still count as the next one (timer ticks and
 # wall-clock stamps jitter); the same bound counts a timer's dropped ticks.
@@ -30,7 +30,7 @@ def sample_clock(spec, sample_on: str | None) -> str:
     if sample_on is None:
         return "timestamp"
     stream = spec.streams[sample_on]
-    if stream.msg_type in (JOINT_STATE, IMAGE):  # stamped by its source
+    if stream.role != "action" or stream.msg_type == JOINT_STATE:  # stamped at its source
         return f"stamp/{sample_on}"
     # A headerless command answers the newest state: the state's stamp is its clock.
     state = next((s.name for s in spec.streams.values()
