@@ -94,7 +94,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_stack.data import EpisodeStore, KeySpec, standard_keys
-from robot_stack.data.continuity import contiguous, missing_samples, sample_clock
+from robot_stack.data.continuity import contiguous, max_step_s, missing_samples, sample_clock
 from robot_stack.errors import ConfigError
 from robot_stack.spec import JOINT_STATE, MalformedMessage, RobotSpec
 
@@ -102,6 +102,8 @@ IDLE, RECORDING, CLOSING = "idle", "recording", "closing"
 STATE_HISTORY = 100  # exact pairing: stamped states kept per stream for commands to find
 EVENT_RESET, EVENT_TERMINAL, EVENT_TRUNCATED = "reset", "terminal", "truncated"
 RECORDED_SOURCES = ("teleop", "scripted", "sim")  # episode_source values a recording may have
+LOSS_MARK = "losses_before"  # in a step until it is written: the Recorder's _losses at its sample
+LOST = {}  # exact pairing: in the pending reports, where reports were lost (sequence numbers)
 
 
 def _number(value) -> bool:
@@ -170,6 +172,7 @@ class _Latest:
     received: float = -math.inf  # receive time (recorder clock)
     count: int = 0
     malformed: int = 0
+    lost: int = 0  # messages that never arrived, by their publishers' sequence numbers
     last_problem: str = ""
     stale_skips: int = 0  # samples skipped while this stream was stale
 
@@ -387,8 +390,15 @@ class Recorder:
         self._commits: deque[tuple[Future, int, str]] = deque()  # unconfirmed: (answer, steps,
         # what it was)
         self._clock_key = sample_clock(spec, self.sample_on)  # see robot_stack/data/continuity
+        self._max_step = max_step_s(spec, self._clock_key)
         self._episode_clock: float | None = None  # sample clock of the last step written
+        # Losses the recorder knows of (samples it dropped, messages lost on the way), counted
+        # in sample order: steps taken on either side of one are not contiguous.
+        self._losses = 0
+        self._written_losses = 0  # _losses when the last step written was sampled
+        self._write_lost = False  # a step was dropped since the last step written
         self._cut = False  # the episode was cut at a gap: its remaining samples are discarded
+        self._sequences: dict[tuple, int] = {}  # (stream, publisher): last sequence number
         self._unrewarded: deque[dict] = deque()  # samples waiting for their reward
         self._last: dict | None = None  # newest complete step, held back for its terminal flag
         self._closing: tuple | None = None  # (success, terminal, deadline) while CLOSING
@@ -423,9 +433,13 @@ class Recorder:
         self._episode_reports = 0  # exact pairing: step reports within the bounds this episode
 
     # ----- inputs -----
-    def on_message(self, stream: str, fields: dict, stamp: float, now: float) -> str | None:
-        """Hold a message's values; returns the problem if it was malformed (and skipped)."""
+    def on_message(self, stream: str, fields: dict, stamp: float, now: float,
+                   sequence: tuple | None = None) -> str | None:
+        """Hold a message's values; returns the problem if it was malformed (and skipped).
+        sequence: (publisher id, publication sequence number) where the middleware tells."""
         latest = self.latest[stream]
+        if sequence is not None:
+            self._count_lost(stream, sequence, stamp)
         try:
             values = self.spec.parse(stream, fields)
         except MalformedMessage as e:
@@ -444,11 +458,47 @@ class Recorder:
                 self._finish()
         return None
 
+    def _count_lost(self, stream: str, sequence: tuple, stamp: float) -> None:
+        """Messages lost before this one (a stalled recorder's queues overflowed, a burst):
+        samples lost on the sampled stream, reward order lost on a reward stream."""
+        publisher, number = sequence
+        last = self._sequences.get((stream, publisher))
+        self._sequences[(stream, publisher)] = number
+        if last is None or number <= last + 1:  # first message, in order, or a restart
+            return
+        self.latest[stream].lost += number - last - 1
+        if self.state == IDLE:
+            return
+        if stream == self.sample_on:
+            if self.pair_by_stamp:  # reports are sampled in stamp order, this one later
+                self._pending.append((stamp, LOST))
+            else:
+                self._losses += 1
+        elif stream == self._reward_stream and self._match_rewards:
+            self._rewards_lost()
+
+    def _rewards_lost(self) -> None:
+        """Rewards are matched in order: after a lost one, no waiting sample's reward is known.
+        The samples completed so far are committed, the rest of the episode is discarded."""
+        if self._last is not None:
+            self._write(self._last)
+            self._last = None
+        self.counters.samples_discarded_after_gaps += sum(
+            step is not None for step in self._unrewarded)
+        self._unrewarded.clear()
+        self._rewards.clear()
+        if not self._cut and self.episode_steps:
+            self.counters.gaps += 1
+            self._cut_at(", the part before a lost reward")
+        self._cut = True
+
     def on_tick(self, now: float) -> None:
         """Timer callback: count missed periods, sample (timer mode), end a reward wait."""
         if self.sample_on is None and self._last_tick is not None:
             periods = (now - self._last_tick) / self.period
             self.counters.dropped_ticks += max(0, int(round(periods)) - 1)
+            if periods >= 1.5 and self.state == RECORDING:
+                self._losses += 1
             if periods - math.floor(periods) > 0.5 and periods < 2:
                 self.counters.late_ticks += 1
         self._last_tick = now
@@ -494,7 +544,7 @@ class Recorder:
         self.writer.begin(self.source, time.time())
         self.state, self.episode_steps = RECORDING, 0
         self._last_tick = self._reset_time = self._episode_clock = None
-        self._cut = False
+        self._cut = self._write_lost = False
         # exact pairing: the episode takes the states received from now on
         self._bounds = (self._newest_state_stamp() if self.pair_by_stamp else -math.inf,
                         math.inf)
@@ -664,6 +714,7 @@ class Recorder:
             "clipped_actions": c.clipped_actions,
             "stale_streams": self.stale_streams(now),
             "received": {n: s.count for n, s in self.latest.items()},
+            "lost_messages": {n: s.lost for n, s in self.latest.items() if s.lost},
             "malformed": {n: s.malformed for n, s in self.latest.items()},
             "last_malformed": {n: s.last_problem for n, s in self.latest.items()
                                if s.last_problem},
@@ -680,6 +731,7 @@ class Recorder:
             if len(self._pending) > STATE_HISTORY:  # states stopped: bounded wait
                 self._pending.popleft()
                 self.counters.unpaired_dropped += 1
+                self._losses += 1
         elif stream in self._history:
             self._history[stream].append((stamp, values))
         elif stream == self._reward_stream:
@@ -695,6 +747,10 @@ class Recorder:
         """Pair waiting applied commands (in stamp order) with the states of their stamps."""
         while self._pending:
             stamp, action = self._pending[0]
+            if action is LOST:  # reports lost just before this stamp
+                self._pending.popleft()
+                self._losses += 1
+                continue
             if "action" not in action:  # end report: the episode ended at this state
                 self._pending.popleft()
                 self._resolved_stamp = stamp
@@ -721,6 +777,8 @@ class Recorder:
                 self.counters.outside_episode += 1
                 continue
             self._episode_reports += 1
+            if waiting or gone:
+                self._losses += 1
             if (waiting or gone or not self._sample(now, paired=(stamp, states, action))) \
                     and self._match_rewards:
                 # The sim published this step's reward too: it must not go to the next sample.
@@ -768,6 +826,7 @@ class Recorder:
         if paired is not None:  # the paired streams are exact, however late they came
             stale = [name for name in stale if name not in paired[1] and name != self.sample_on]
         if stale:
+            self._losses += 1
             self.counters.stale_skipped += 1
             for name in stale:
                 self.latest[name].stale_skips += 1
@@ -797,6 +856,7 @@ class Recorder:
         step["action"] = clipped.astype(np.float32)
         step["terminal"] = np.bool_(False)
         step["timestamp"] = np.float64(now)
+        step[LOSS_MARK] = self._losses
         for image in self.spec.images:
             step[image.key] = values[image.key]
         if self._reward_stream is None:  # the dataset has no reward key
@@ -826,12 +886,15 @@ class Recorder:
     def _write(self, step: dict) -> None:
         """Hand a step to the writer, after splitting or cutting the episode if it does not
         follow the last step written (see the module doc)."""
+        losses = step.pop(LOSS_MARK)
         if not self._cut and not self.writer.has_room():
-            self.counters.queue_dropped += 1  # the next step written shows the gap
+            self.counters.queue_dropped += 1
+            self._write_lost = True
             return
         clock = float(step[self._clock_key])
-        if self._episode_clock is not None and not contiguous(clock - self._episode_clock,
-                                                              self.period):
+        if self._episode_clock is not None and (
+                self._write_lost or losses != self._written_losses
+                or not contiguous(clock - self._episode_clock, self._max_step)):
             self._at_gap(clock - self._episode_clock)
         if self._cut:
             self.counters.samples_discarded_after_gaps += 1
@@ -839,23 +902,27 @@ class Recorder:
         self.writer.add(step)
         self.episode_steps += 1
         self.counters.samples += 1
-        self._episode_clock = clock
+        self._episode_clock, self._written_losses, self._write_lost = clock, losses, False
 
     def _at_gap(self, clock_step: float) -> None:
         """The steps written so far become an episode of their own; the episode goes on as a
         new one, or, when rewards are matched in order, its rest is discarded."""
-        c = self.counters
-        c.gaps += 1
-        c.gap_samples_missing += missing_samples(clock_step, self.period)
-        self._episode_clock = None
-        self._hand_commit(None, f", the part before a gap ({self._clock_key} steps "
-                                f"{clock_step:+.3f} s)")
+        self.counters.gaps += 1
+        self.counters.gap_samples_missing += missing_samples(clock_step, self.period)
+        what = f", the part before a gap ({self._clock_key} steps {clock_step:+.3f} s)"
         if self._match_rewards:  # rewards carry no stamp: after lost messages, which is whose?
-            c.episodes_cut_at_gaps += 1
+            self._cut_at(what)
             self._cut = True
         else:
-            c.episodes_split_at_gaps += 1
+            self.counters.episodes_split_at_gaps += 1
+            self._hand_commit(None, what)
+            self._episode_clock, self._write_lost = None, False
             self.writer.begin(self.source, time.time())
+
+    def _cut_at(self, what: str) -> None:
+        self.counters.episodes_cut_at_gaps += 1
+        self._hand_commit(None, what)
+        self._episode_clock = None
 
     def _blank_values(self, stream) -> dict[str, np.ndarray]:
         """Values written for an optional stream that never delivered (its stamp is 0)."""

@@ -132,11 +132,12 @@ class RecorderNode(Node):
             msg_type, convert.data_fields)
         has_header = msg_type in (JOINT_STATE, IMAGE)
 
-        def on_message(msg) -> None:
+        def on_message(msg, info) -> None:
             now = self._now()
             # Headerless messages (and unstamped headers) are stamped with their receive time.
             stamp = convert.time_seconds(msg.header.stamp) if has_header else 0.0
-            problem = self.recorder.on_message(stream, fields(msg), stamp or now, now)
+            problem = self.recorder.on_message(stream, fields(msg), stamp or now, now,
+                                               convert.publication_sequence(info))
             if problem:
                 self.get_logger().warning(f"skipped malformed message: {problem}",
                                           throttle_duration_sec=WARN_THROTTLE_S)

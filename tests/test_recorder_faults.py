@@ -238,7 +238,7 @@ def test_a_timer_recording_is_split_at_dropped_ticks(tmp_path):
     rec.shutdown()
     store = EpisodeStore.open(tmp_path / "d.zarr")
     for i in range(store.n_episodes):
-        assert len(episode_gaps(store.episode(i)["timestamp"], 0.1)) == 0
+        assert len(episode_gaps(store.episode(i)["timestamp"], 0.15)) == 0
     assert store.episode_meta["length"].tolist() == [3, 4]
     assert [m for m, _ in notes] == [
         "committed episode 0 (3 steps, the part before a gap (timestamp steps +0.300 s))",
@@ -271,7 +271,7 @@ def test_a_writer_queue_overflow_splits_the_episode_where_steps_were_lost(tmp_pa
     rec.shutdown()
     store = EpisodeStore.open(tmp_path / "d.zarr")
     for i in range(store.n_episodes):
-        assert len(episode_gaps(store.episode(i)["timestamp"], 0.1)) == 0
+        assert len(episode_gaps(store.episode(i)["timestamp"], 0.15)) == 0
     assert store.episode_meta["length"].tolist() == [2, 4, 5]
     status = rec.status(t)
     assert status["queue_dropped"] == 2 and status["gaps"] == 1, status
@@ -299,9 +299,8 @@ def test_data_check_reports_stitched_episodes_from_their_stamps(tmp_path):
     report = check(tmp_path / "stitched.zarr")
     assert not report.ok and not report.repairable
     assert report.problems == [
-        "1 gap(s) in 1 episode(s): data/stamp/applied_commands steps outside (0, 1.5) control "
-        "periods of 0.1 s, so the samples around them are not one transition: episode 0 at "
-        "step 4 (+5.000 s)"]
+        "1 gap(s) in 1 episode(s): data/stamp/applied_commands steps outside (0, 0.5) s, so "
+        "the samples around them are not one transition: episode 0 at step 4 (+5.000 s)"]
 
 
 # ----- a stalled recorder over real DDS -----
@@ -346,7 +345,7 @@ def test_a_stalled_recorder_commits_only_contiguous_episodes(tmp_path):
     store = EpisodeStore.open(out)
     for i in range(store.n_episodes):
         stamps = store.episode(i)["stamp/applied_commands"]
-        gaps = episode_gaps(stamps, 0.01)
+        gaps = episode_gaps(stamps, 0.015)  # sim time: exactly 0.01 s apart
         assert len(gaps) == 0, f"episode {i} has gaps at steps {gaps}: {np.diff(stamps)[gaps - 1]}"
     assert check(out).ok, check(out).format()
     counters = last_status(status)
