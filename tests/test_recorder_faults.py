@@ -351,3 +351,49 @@ def test_a_stalled_recorder_commits_only_contiguous_episodes(tmp_path):
     counters = last_status(status)
     assert counters["gaps"] >= 1, counters  # the stall was seen ...
     assert counters["episodes_cut_at_gaps"] == counters["gaps"], counters  # ... and cut there
+
+
+def test_messages_lost_on_the_way_split_a_message_sampled_episode(tmp_path):
+    raw = {**NO_REWARD, "sample_on": "joint_states"}
+    spec = spec_from_dict(copy.deepcopy(raw))
+    rec, notes = recorder_on(open_store(tmp_path / "d.zarr", spec), raw)
+    feed_all(rec, 1.0)
+    rec.start_episode(1.0)
+    for k in (1, 2, 3, 5, 6):  # message 4 was lost: its neighbours are 0.2 s apart, not stale
+        rec.on_message("joint_states", joint_state([0, k, 0], [0, 0, 0]), 1.0 + 0.1 * k,
+                       1.0 + 0.01 * k, sequence=("robot", k))
+    rec.stop_episode(None, 1.1)
+    rec.shutdown()
+    assert rec.status(1.1)["lost_messages"] == {"joint_states": 1}
+    store = EpisodeStore.open(tmp_path / "d.zarr")
+    assert [store.episode(i)["observation"][:, 0].tolist() for i in range(store.n_episodes)] == [
+        [1, 2, 3], [5, 6]]
+
+
+def test_a_lost_reward_cuts_an_episode_whose_rewards_are_matched_in_order(tmp_path):
+    spec = spec_from_dict(copy.deepcopy(EXACT))
+    rec, _ = recorder_on(open_store(tmp_path / "d.zarr", spec), EXACT, auto_episodes=True)
+    feed = ExactFeed(rec)
+
+    def send(stream, fields, stamp, k):
+        feed.now += 0.001
+        rec.on_message(stream, fields, stamp, feed.now, sequence=("sim", k))
+
+    send("joint_states", joint_state([0, 0, 0], [0, 0, 0]), stamp_of(0), 0)
+    send("applied_commands", applied([0, 0]), stamp_of(0), 0)
+    assert rec.on_event("reset", feed.now)[0]
+    for k in (1, 2, 4, 5):  # the state, report and reward of step 3 were all lost
+        send("joint_states", joint_state([0, k, k], [0, 0, 0]), stamp_of(k), k)
+        send("applied_commands", applied([k / 10, 0]), stamp_of(k), k)
+        send("reward", {"data": 10.0 * k}, 0.0, k)
+    rec.on_event("truncated", feed.now)
+    send("joint_states", joint_state([0, 6, 6], [0, 0, 0]), stamp_of(6), 6)
+    send("applied_commands", applied([]), stamp_of(6), 6)
+    rec.shutdown()
+    status = rec.status(feed.now)
+    assert status["lost_messages"] == {"joint_states": 1, "applied_commands": 1, "reward": 1}
+    assert status["episodes_cut_at_gaps"] == 1 and status["samples_discarded_after_gaps"] == 2
+    store = EpisodeStore.open(tmp_path / "d.zarr")
+    assert store.n_episodes == 1
+    np.testing.assert_array_equal(store.episode(0)["observation"][:, 0], [1, 2])
+    np.testing.assert_array_equal(store.episode(0)["reward"], [10, 20])
