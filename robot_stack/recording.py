@@ -53,23 +53,31 @@ Each step also records `stamp/<stream>`: the source stamp (header stamp, or rece
 headerless messages) of the value used, 0 if the stream never delivered, so synchronisation
 can be audited offline.
 
-Gap policy. A committed episode is one contiguous sequence of samples: each step's sample
-clock (robot_stack/data/continuity.py: the stamp of the stream sampled on, the answered state's
-stamp for a headerless command topic, the recorder clock on a timer) lies more than 0 and less
-than 1.5 control periods after the step before it. Whatever broke the sequence (a stalled or
-descheduled recorder whose DDS queues overflowed, a message burst, an applied command whose
-state never came, a stale stream, a full writer queue, dropped timer ticks), the check is made
-on the steps as they are handed to the writer, so it covers every cause:
-  - the steps before the gap are committed as an episode of their own (success unknown, last
-    step not terminal);
+Gap policy. A committed episode is one contiguous sequence of samples
+(robot_stack/data/continuity.py). The recorder checks each step as it hands it to the writer,
+so every cause is covered: the step is not contiguous with the last step written when
+  - the recorder knows a sample in between was lost: an applied command whose state never
+    came, a stale stream, a full writer queue, dropped timer ticks, or messages of the sampled
+    stream that never arrived (a jump in the publisher's sequence numbers, which the node
+    passes on where the middleware numbers messages: a stalled recorder's overflowing queues,
+    a burst);
+  - or its sample clock (the sampled stream's stamp, the recorder clock on a timer) steps by
+    zero or less (a repeated state, stitched rows) or by more than the larger of 1.5 periods
+    and the stream's stale timeout (a timer: 1.5 periods); shorter late steps are what a source
+    stamping with wall time does without losing anything.
+At such a gap:
+  - the steps before it are committed as an episode of their own (success unknown, last step
+    not terminal), or discarded if fewer than min_part_steps (10);
   - with rewards matched in order (sample_on with a reward topic), the rest of the episode is
-    discarded up to its end: rewards carry no stamp, so after lost messages no sample's reward
-    is known for sure ("cut");
+    discarded up to its end ("cut"): rewards carry no stamp, so after lost messages no sample's
+    reward is known for sure (a lost reward message cuts the episode before its first sample
+    still waiting for a reward);
   - otherwise (timer sampling, or no reward topic), the samples after the gap go on as a new
     episode ("split").
 ~/status counts gaps, gap_samples_missing (sample periods without a sample), the episodes
-split and cut at gaps and samples_discarded_after_gaps; `data check` reports any gap left in a
-dataset.
+split and cut at gaps, short_parts_discarded, samples_discarded_at_gaps and lost_messages per
+stream; `data check` reports gaps left in a dataset (by the stamp rule: losses shorter than the
+stale timeout in wall-clock stamps are only visible to the recorder).
 
 Commits are confirmed. The writer thread answers each commit with the episode's index on disk
 or the error that failed it (a full disk: the episode is lost, the episodes before it stay
@@ -121,6 +129,8 @@ SETTING_RULES = {
     "reward_wait_s": (lambda v, spec: _number(v) and v >= 0, "a finite number of seconds >= 0"),
     "pair_timeout_s": (lambda v, spec: _number(v) and v > 0, "a finite number of seconds > 0"),
     "commit_wait_s": (lambda v, spec: _number(v) and v > 0, "a finite number of seconds > 0"),
+    "min_part_steps": (lambda v, spec: isinstance(v, int) and not isinstance(v, bool)
+                       and v >= 1, "a whole number >= 1"),
     "flush_period_s": (lambda v, spec: _number(v) and v > 0, "a finite number of seconds > 0"),
     "status_rate": (lambda v, spec: _number(v) and v > 0, "a finite rate in Hz > 0"),
     "max_queued_steps": (lambda v, spec: isinstance(v, int) and not isinstance(v, bool)
@@ -197,7 +207,8 @@ class Counters:
     gap_samples_missing: int = 0  # sample periods without a sample at those gaps
     episodes_split_at_gaps: int = 0  # gaps where the episode went on as a new one
     episodes_cut_at_gaps: int = 0  # gaps after which the rest of the episode was discarded
-    samples_discarded_after_gaps: int = 0  # recorded samples of those discarded rests
+    short_parts_discarded: int = 0  # parts before a gap under min_part_steps, not committed
+    samples_discarded_at_gaps: int = 0  # recorded samples of discarded rests and short parts
     # sample taken -> step in the store writer's buffer (on disk within flush_period_s more);
     # the source stamp -> sample part is in the dataset: timestamp - stamp/<stream>
     latency_sum_s: float = 0.0
@@ -366,11 +377,12 @@ class Recorder:
                  source: str = "teleop", auto_episodes: bool = False,
                  on_shutdown: str = "commit", sample_on: str | None = None,
                  reward_wait_s: float = 0.2, pair_timeout_s: float = 2.0,
-                 commit_wait_s: float = 5.0, notify=None):
+                 commit_wait_s: float = 5.0, min_part_steps: int = 10, notify=None):
         self.sample_on = sample_on if sample_on is not None else spec.sample_on
         check_settings(spec, source=source, auto_episodes=auto_episodes, on_shutdown=on_shutdown,
                        sample_on=self.sample_on, reward_wait_s=reward_wait_s,
-                       pair_timeout_s=pair_timeout_s, commit_wait_s=commit_wait_s)
+                       pair_timeout_s=pair_timeout_s, commit_wait_s=commit_wait_s,
+                       min_part_steps=min_part_steps)
         self.spec = spec
         self.writer = writer
         self.source = source
@@ -378,6 +390,10 @@ class Recorder:
         self.on_shutdown = on_shutdown
         self.reward_wait_s = reward_wait_s
         self.commit_wait_s = commit_wait_s  # how long the stop service waits for the writer
+        # A part before a gap shorter than this is discarded: too short to learn from, and a
+        # commit per lost message would keep the writer busy (and the GIL) when losses come
+        # in runs (an overloaded 1 kHz recording).
+        self.min_part_steps = min_part_steps
         # told how each episode ended: notify(message, error=False)
         self._notify = notify if notify is not None else (lambda message, error=False: None)
         self.period = 1.0 / spec.rate_hz
@@ -483,7 +499,7 @@ class Recorder:
         if self._last is not None:
             self._write(self._last)
             self._last = None
-        self.counters.samples_discarded_after_gaps += sum(
+        self.counters.samples_discarded_at_gaps += sum(
             step is not None for step in self._unrewarded)
         self._unrewarded.clear()
         self._rewards.clear()
@@ -705,7 +721,8 @@ class Recorder:
             "gap_samples_missing": c.gap_samples_missing,
             "episodes_split_at_gaps": c.episodes_split_at_gaps,
             "episodes_cut_at_gaps": c.episodes_cut_at_gaps,
-            "samples_discarded_after_gaps": c.samples_discarded_after_gaps,
+            "short_parts_discarded": c.short_parts_discarded,
+            "samples_discarded_at_gaps": c.samples_discarded_at_gaps,
             "pairing": "exact stamp" if self.pair_by_stamp else "latest value",
             "unpaired_dropped": c.unpaired_dropped,
             "outside_episode": c.outside_episode,
@@ -897,7 +914,7 @@ class Recorder:
                 or not contiguous(clock - self._episode_clock, self._max_step)):
             self._at_gap(clock - self._episode_clock)
         if self._cut:
-            self.counters.samples_discarded_after_gaps += 1
+            self.counters.samples_discarded_at_gaps += 1
             return
         self.writer.add(step)
         self.episode_steps += 1
@@ -915,13 +932,23 @@ class Recorder:
             self._cut = True
         else:
             self.counters.episodes_split_at_gaps += 1
-            self._hand_commit(None, what)
-            self._episode_clock, self._write_lost = None, False
+            self._end_part(what)
+            self._write_lost = False
             self.writer.begin(self.source, time.time())
 
     def _cut_at(self, what: str) -> None:
         self.counters.episodes_cut_at_gaps += 1
-        self._hand_commit(None, what)
+        self._end_part(what)
+
+    def _end_part(self, what: str) -> None:
+        """Commit the steps written so far, or discard them when too short."""
+        if self.episode_steps >= self.min_part_steps:
+            self._hand_commit(None, what)
+        else:
+            self.writer.discard()
+            self.counters.short_parts_discarded += 1
+            self.counters.samples_discarded_at_gaps += self.episode_steps
+            self.episode_steps = 0
         self._episode_clock = None
 
     def _blank_values(self, stream) -> dict[str, np.ndarray]:

@@ -49,6 +49,8 @@ PARAMETERS = {  # name: (default, description)
     "reward_wait_s": (0.2, "at an episode's end, how long samples wait for their reward"),
     "pair_timeout_s": (2.0, "exact pairing: how long an episode's end waits for its end report, "
                             "last pairs and rewards"),
+    "min_part_steps": (10, "steps a part of an episode before a gap needs to be committed "
+                           "(shorter ones are discarded)"),
     "commit_wait_s": (5.0, "how long ~/stop_episode waits for the writer to confirm the commit "
                            "on disk before answering 'commit pending'"),
     "reset_service": ("", "auto_episodes: std_srvs/Trigger called once all required streams "
@@ -79,7 +81,7 @@ class RecorderNode(Node):
                               if sample_on in (s.name, s.topic)), sample_on)
         settings = {name: p[name] for name in (
             "source", "auto_episodes", "on_shutdown", "reward_wait_s", "pair_timeout_s",
-            "commit_wait_s")}
+            "commit_wait_s", "min_part_steps")}
         # every setting is checked before the dataset is created or opened
         check_settings(spec, sample_on=sample_on, status_rate=p["status_rate"],
                        max_queued_steps=p["max_queued_steps"],

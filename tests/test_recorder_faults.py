@@ -226,9 +226,11 @@ def test_only_the_documented_end_report_ends_an_episode(tmp_path):
 
 
 # ----- gaps -----
-def test_a_timer_recording_is_split_at_dropped_ticks(tmp_path):
+@pytest.mark.parametrize("min_part_steps, lengths", [(1, [3, 4]), (4, [4])])
+def test_a_timer_recording_is_split_at_dropped_ticks(tmp_path, min_part_steps, lengths):
     spec = spec_from_dict(copy.deepcopy(NO_REWARD))
-    rec, notes = recorder_on(open_store(tmp_path / "d.zarr", spec), NO_REWARD)
+    rec, notes = recorder_on(open_store(tmp_path / "d.zarr", spec), NO_REWARD,
+                             min_part_steps=min_part_steps)
     feed_all(rec, 1.0)
     rec.start_episode(1.0)
     for t in (1.05, 1.15, 1.25, 1.55, 1.65, 1.75, 1.85):  # ticks 1.35 and 1.45 never ran
@@ -239,13 +241,16 @@ def test_a_timer_recording_is_split_at_dropped_ticks(tmp_path):
     store = EpisodeStore.open(tmp_path / "d.zarr")
     for i in range(store.n_episodes):
         assert len(episode_gaps(store.episode(i)["timestamp"], 0.15)) == 0
-    assert store.episode_meta["length"].tolist() == [3, 4]
-    assert [m for m, _ in notes] == [
-        "committed episode 0 (3 steps, the part before a gap (timestamp steps +0.300 s))",
-        "committed episode 1 (4 steps)"]
+    assert store.episode_meta["length"].tolist() == lengths
     status = rec.status(1.9)
     assert (status["gaps"], status["gap_samples_missing"], status["episodes_split_at_gaps"]) == (
         1, 2, 1)
+    if min_part_steps == 1:
+        assert [m for m, _ in notes] == [
+            "committed episode 0 (3 steps, the part before a gap (timestamp steps +0.300 s))",
+            "committed episode 1 (4 steps)"]
+    else:  # the 3 steps before the gap are too few
+        assert (status["short_parts_discarded"], status["samples_discarded_at_gaps"]) == (1, 3)
 
 
 def wait_for_writer(rec):
@@ -258,7 +263,8 @@ def wait_for_writer(rec):
 def test_a_writer_queue_overflow_splits_the_episode_where_steps_were_lost(tmp_path):
     spec = spec_from_dict(copy.deepcopy(NO_REWARD))
     disk = SlowDisk(open_store(tmp_path / "d.zarr", spec))
-    rec = Recorder(spec, StoreWriterThread(disk, max_queued_steps=4), notify=Notes())
+    rec = Recorder(spec, StoreWriterThread(disk, max_queued_steps=4), notify=Notes(),
+                   min_part_steps=1)
     t = record_timer_episode(rec, 1.0, 2)
     rec.stop_episode(None, t)  # its commit holds the writer up: the next steps queue up
     wait_for_writer(rec)
@@ -356,7 +362,7 @@ def test_a_stalled_recorder_commits_only_contiguous_episodes(tmp_path):
 def test_messages_lost_on_the_way_split_a_message_sampled_episode(tmp_path):
     raw = {**NO_REWARD, "sample_on": "joint_states"}
     spec = spec_from_dict(copy.deepcopy(raw))
-    rec, notes = recorder_on(open_store(tmp_path / "d.zarr", spec), raw)
+    rec, notes = recorder_on(open_store(tmp_path / "d.zarr", spec), raw, min_part_steps=1)
     feed_all(rec, 1.0)
     rec.start_episode(1.0)
     for k in (1, 2, 3, 5, 6):  # message 4 was lost: its neighbours are 0.2 s apart, not stale
@@ -372,7 +378,8 @@ def test_messages_lost_on_the_way_split_a_message_sampled_episode(tmp_path):
 
 def test_a_lost_reward_cuts_an_episode_whose_rewards_are_matched_in_order(tmp_path):
     spec = spec_from_dict(copy.deepcopy(EXACT))
-    rec, _ = recorder_on(open_store(tmp_path / "d.zarr", spec), EXACT, auto_episodes=True)
+    rec, _ = recorder_on(open_store(tmp_path / "d.zarr", spec), EXACT, auto_episodes=True,
+                         min_part_steps=1)
     feed = ExactFeed(rec)
 
     def send(stream, fields, stamp, k):
@@ -392,7 +399,7 @@ def test_a_lost_reward_cuts_an_episode_whose_rewards_are_matched_in_order(tmp_pa
     rec.shutdown()
     status = rec.status(feed.now)
     assert status["lost_messages"] == {"joint_states": 1, "applied_commands": 1, "reward": 1}
-    assert status["episodes_cut_at_gaps"] == 1 and status["samples_discarded_after_gaps"] == 2
+    assert status["episodes_cut_at_gaps"] == 1 and status["samples_discarded_at_gaps"] == 2
     store = EpisodeStore.open(tmp_path / "d.zarr")
     assert store.n_episodes == 1
     np.testing.assert_array_equal(store.episode(0)["observation"][:, 0], [1, 2])

@@ -358,7 +358,7 @@ def test_command_answering_a_state_from_before_the_reset_is_not_recorded(tmp_pat
 
 
 def test_a_repeated_state_cuts_an_episode_whose_rewards_are_matched_in_order(tmp_path):
-    rec = make_recorder(tmp_path, sample_on="commands")  # rate_hz 10: states 0.1 s apart
+    rec = make_recorder(tmp_path, sample_on="commands", min_part_steps=1)  # rate_hz 10: states 0.1 s apart
     feed_all(rec, 1.0)
     rec.start_episode(1.0)
     for k, stamp in enumerate((1.0, 1.1, 1.2, 1.2, 1.3, 1.5, 1.6)):  # 1.2 answered twice
@@ -370,7 +370,7 @@ def test_a_repeated_state_cuts_an_episode_whose_rewards_are_matched_in_order(tmp
     status = rec.status(1.8)
     assert status["sample_clock"] == "stamp/joint_states"
     assert (status["gaps"], status["episodes_cut_at_gaps"]) == (1, 1)
-    assert status["samples_discarded_after_gaps"] == 4 and status["episodes_committed"] == 1
+    assert status["samples_discarded_at_gaps"] == 4 and status["episodes_committed"] == 1
     _, [ep] = read_back(tmp_path)
     np.testing.assert_array_equal(ep["stamp/joint_states"], [1.0, 1.1, 1.2])
     np.testing.assert_array_equal(ep["reward"], [0, 1, 2])
@@ -447,7 +447,7 @@ def test_spec_with_applied_records_the_report_not_the_commands():
 
 
 def test_exact_pairing_is_independent_of_arrival_order_and_drops_unpaired_commands(tmp_path):
-    rec = make_recorder(tmp_path, EXACT)
+    rec = make_recorder(tmp_path, EXACT, min_part_steps=1)
     feed = ExactFeed(rec)
     feed.state(-1)
     feed.command(-1)  # streams fresh; paired while idle: not recorded
@@ -485,7 +485,7 @@ def test_exact_pairing_is_independent_of_arrival_order_and_drops_unpaired_comman
     # Samples 5 and 7 were paired and rewarded, but state 4 is missing: the episode is cut
     # there (rewards, matched in order, cannot be trusted after lost messages).
     assert (status["gaps"], status["gap_samples_missing"], status["episodes_cut_at_gaps"],
-            status["samples_discarded_after_gaps"]) == (1, 1, 1, 2)
+            status["samples_discarded_at_gaps"]) == (1, 1, 1, 2)
     _, [ep] = read_back(tmp_path)
     taken = np.array([0, 1, 2, 3])
     np.testing.assert_array_equal(ep["observation"][:, 0], taken)
