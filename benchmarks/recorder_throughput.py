@@ -253,7 +253,7 @@ def measure(cfg: Config, name: str, rate_hz: float, images: bool, sample_on: str
         spin_until(lambda: len(counts) > n_counts, 5, "counter")
         counts_after = counts[-1]
         spin_until(lambda: status[-1]["state"] == "idle" and status[-1]["writer_queue"] == 0,
-                   30, "the recorder's commit")
+                   180, "the recorder's commits")  # many after gaps, on a loaded machine
         last = status[-1]
     finally:
         for proc in (publisher, counter, recorder):
@@ -288,7 +288,7 @@ def measure(cfg: Config, name: str, rate_hz: float, images: bool, sample_on: str
         "samples_missing_at_gaps": last["gap_samples_missing"],
         "short_parts_discarded": last["short_parts_discarded"],
         "samples_discarded_at_gaps": last["samples_discarded_at_gaps"],
-        "lost_messages": last["lost_messages"], "queue_dropped_total": last["queue_dropped"],
+        "lost_messages": last["lost_messages"],
         "data_check": "OK" if report.ok else report.problems,
         "dropped_ticks": last["dropped_ticks"], "late_ticks": last["late_ticks"],
         "stale_skipped": last["stale_skipped"], "stale_by_stream": last["stale_skips_by_stream"],
