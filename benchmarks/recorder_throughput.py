@@ -8,8 +8,16 @@ In each run a bare subscriber process that only counts messages runs beside the 
 baseline: what receiving the same topics costs in rclpy). Prints samples recorded vs expected,
 drops, latencies and CPU use of recorder and baseline.
 
+Run 4 ("faults") is run 3 with faults injected: at 30% of the window the recorder process is
+stopped (SIGSTOP) for --stall seconds, then continued (SIGCONT); at 70% the publisher sends
+JointState at 10 kHz for --burst seconds. Next to run 3 (the same without faults) it shows what
+the recorder made of them: episodes committed (the one recorded episode split at its gaps),
+gaps, samples missing at the gaps, samples dropped, and whether `data check` finds every
+committed episode contiguous.
+
     .venv/bin/python benchmarks/recorder_throughput.py             # 60 s per run
     .venv/bin/python benchmarks/recorder_throughput.py --duration 15
+    .venv/bin/python benchmarks/recorder_throughput.py --duration 20 --runs state_on_message,faults
 """
 from __future__ import annotations
 
@@ -40,6 +48,9 @@ class Config:
     camera_record_rate_hz: float = 50.0  # run 1
     state_record_rate_hz: float = 1000.0  # run 2
     n_joints: int = 12
+    stall_s: float = 5.0  # run 4: SIGSTOP of the recorder
+    burst_s: float = 0.5  # run 4: JointState at burst_rate_hz
+    burst_rate_hz: float = 10000.0
     height: int = 480
     width: int = 640
     domain_id: int = 57
@@ -92,9 +103,14 @@ def run_publisher(cfg: Config, images: bool) -> None:
     due = {k: start for k in periods}
     sent = {k: 0 for k in periods}
     stop = []
+    burst_until = [0.0]  # SIGUSR1: JointState at burst_rate_hz for burst_s
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGUSR1, lambda *_: burst_until.__setitem__(
+        0, time.monotonic() + cfg.burst_s))
     while not stop:
+        periods["joint"] = 1.0 / (cfg.burst_rate_hz if time.monotonic() < burst_until[0]
+                                  else cfg.joint_rate_hz)
         stream = min(due, key=due.get)
         delay = due[stream] - time.monotonic()
         if delay > 0:
@@ -161,7 +177,7 @@ def start(args: list[str], env: dict, log) -> subprocess.Popen:
 
 
 def measure(cfg: Config, name: str, rate_hz: float, images: bool, sample_on: str | None,
-            workdir: Path) -> dict:
+            workdir: Path, faults: bool = False) -> dict:
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -170,14 +186,15 @@ def measure(cfg: Config, name: str, rate_hz: float, images: bool, sample_on: str
     from std_msgs.msg import String
     from std_srvs.srv import SetBool, Trigger
 
-    from robot_stack.data import EpisodeStore
+    from robot_stack.data import EpisodeStore, check
 
     spec_path, out = workdir / f"{name}.yaml", workdir / f"{name}.zarr"
     spec_path.write_text(yaml.safe_dump(robot_spec(cfg, rate_hz, images, sample_on)))
     env = dict(os.environ, ROS_DOMAIN_ID=str(cfg.domain_id), PYTHONUNBUFFERED="1")
     log = open(workdir / f"{name}.log", "w+")
     script = str(Path(__file__).resolve())
-    role_args = ["--duration", str(cfg.duration_s)] + (["--images"] if images else [])
+    role_args = ["--duration", str(cfg.duration_s), "--burst", str(cfg.burst_s)] + (
+        ["--images"] if images else [])
     recorder = start(["-m", "ros_nodes.recorder_node", "--spec", str(spec_path), "--out",
                       str(out)], env, log)
     counter = start([script, "--role", "counter", *role_args], env, log)
@@ -220,6 +237,13 @@ def measure(cfg: Config, name: str, rate_hz: float, images: bool, sample_on: str
         started = call(Trigger, "/recorder/start_episode", Trigger.Request())
         if not started.success:
             raise RuntimeError(f"{name}: {started.message}")
+        if faults:
+            spin_until(lambda: time.monotonic() - t0 >= 0.3 * cfg.duration_s, cfg.duration_s, "")
+            recorder.send_signal(signal.SIGSTOP)
+            time.sleep(cfg.stall_s)
+            recorder.send_signal(signal.SIGCONT)
+            spin_until(lambda: time.monotonic() - t0 >= 0.7 * cfg.duration_s, cfg.duration_s, "")
+            publisher.send_signal(signal.SIGUSR1)
         spin_until(lambda: time.monotonic() - t0 >= cfg.duration_s, cfg.duration_s + 5, "")
         stopped = call(SetBool, "/recorder/stop_episode", SetBool.Request(data=True))
         elapsed = time.monotonic() - t0
@@ -229,7 +253,7 @@ def measure(cfg: Config, name: str, rate_hz: float, images: bool, sample_on: str
         spin_until(lambda: len(counts) > n_counts, 5, "counter")
         counts_after = counts[-1]
         spin_until(lambda: status[-1]["state"] == "idle" and status[-1]["writer_queue"] == 0,
-                   30, "the recorder's commit")
+                   180, "the recorder's commits")  # many after gaps, on a loaded machine
         last = status[-1]
     finally:
         for proc in (publisher, counter, recorder):
@@ -243,10 +267,10 @@ def measure(cfg: Config, name: str, rate_hz: float, images: bool, sample_on: str
         node.destroy_node()
         rclpy.try_shutdown(context=context)
 
+    report = check(out)
     store = EpisodeStore.open(out)
-    episode = store.episode(store.n_episodes - 1)
-    steps = len(episode["timestamp"])
-    stamp_to_sample_ms = 1e3 * (episode["timestamp"] - episode["stamp/joint_states"])
+    steps = store.n_steps  # every episode committed in the window
+    stamp_to_sample_ms = 1e3 * (store.read("timestamp") - store.read("stamp/joint_states"))
     counted_s = counts_after["t"] - counts_before["t"]
     baseline_hz = {k: round((counts_after[k] - counts_before[k]) / counted_s, 1)
                    for k in ("joint", "command", "image")}
@@ -254,7 +278,18 @@ def measure(cfg: Config, name: str, rate_hz: float, images: bool, sample_on: str
         "run": name, "sampling": f"on {sample_on} messages" if sample_on else f"timer {rate_hz} Hz",
         "window_s": round(elapsed, 2),
         "samples": steps, "expected_samples": round(rate_hz * elapsed),
-        "stop_message": stopped.message,
+        "stop_message": stopped.message[-300:],
+        "faults": (f"recorder stopped {cfg.stall_s:g} s at 30%, JointState burst "
+                   f"{cfg.burst_rate_hz:g} Hz for {cfg.burst_s:g} s at 70%") if faults else "none",
+        "episodes_committed": store.n_episodes, "episodes_failed": last["episodes_failed"],
+        "episodes_discarded": last["episodes_discarded"], "gaps": last["gaps"],
+        "episodes_split_at_gaps": last["episodes_split_at_gaps"],
+        "episodes_cut_at_gaps": last["episodes_cut_at_gaps"],
+        "samples_missing_at_gaps": last["gap_samples_missing"],
+        "short_parts_discarded": last["short_parts_discarded"],
+        "samples_discarded_at_gaps": last["samples_discarded_at_gaps"],
+        "lost_messages": last["lost_messages"],
+        "data_check": "OK" if report.ok else report.problems,
         "dropped_ticks": last["dropped_ticks"], "late_ticks": last["late_ticks"],
         "stale_skipped": last["stale_skipped"], "stale_by_stream": last["stale_skips_by_stream"],
         "queue_dropped": last["queue_dropped"],
@@ -275,13 +310,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=Config.duration_s,
                         help="recording window per run, seconds (default 60)")
-    parser.add_argument("--runs", default="camera,state,state_on_message",
+    parser.add_argument("--runs", default="camera,state,state_on_message,faults",
                         help="comma-separated: camera, state (1 kHz timer), state_on_message "
-                        "(one sample per 1 kHz JointState)")
+                        "(one sample per 1 kHz JointState), faults (state_on_message with a "
+                        "stall and a burst)")
+    parser.add_argument("--stall", type=float, default=Config.stall_s,
+                        help="faults: seconds the recorder is stopped (default 5)")
+    parser.add_argument("--burst", type=float, default=Config.burst_s,
+                        help="faults: seconds of 10 kHz JointState (default 0.5)")
     parser.add_argument("--role", choices=("publisher", "counter"), help=argparse.SUPPRESS)
     parser.add_argument("--images", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cfg = Config(duration_s=args.duration)
+    cfg = Config(duration_s=args.duration, stall_s=args.stall, burst_s=args.burst)
     if args.role == "publisher":
         return run_publisher(cfg, args.images)
     if args.role == "counter":
@@ -289,10 +329,11 @@ def main() -> None:
     print(f"cpu cores: {os.cpu_count()}, load average at start: {os.getloadavg()}")
     runs = {"camera": (cfg.camera_record_rate_hz, True, None),
             "state": (cfg.state_record_rate_hz, False, None),
-            "state_on_message": (cfg.joint_rate_hz, False, "joint_states")}
+            "state_on_message": (cfg.joint_rate_hz, False, "joint_states"),
+            "faults": (cfg.joint_rate_hz, False, "joint_states")}
     with tempfile.TemporaryDirectory(prefix="recorder_throughput_") as tmp:
         for name in args.runs.split(","):
-            result = measure(cfg, name, *runs[name], Path(tmp))
+            result = measure(cfg, name, *runs[name], Path(tmp), faults=name == "faults")
             print(json.dumps(result, indent=1), flush=True)
     print(f"load average at end: {os.getloadavg()}")
 

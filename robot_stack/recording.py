@@ -52,6 +52,39 @@ sample. The last step is held back until the episode ends, to set its terminal f
 Each step also records `stamp/<stream>`: the source stamp (header stamp, or receive time for
 headerless messages) of the value used, 0 if the stream never delivered, so synchronisation
 can be audited offline.
+
+Gap policy. A committed episode is one contiguous sequence of samples
+(robot_stack/data/continuity.py). The recorder checks each step as it hands it to the writer,
+so every cause is covered: the step is not contiguous with the last step written when
+  - the recorder knows a sample in between was lost: an applied command whose state never
+    came, a stale stream, a full writer queue, dropped timer ticks, or messages of the sampled
+    stream that never arrived (a jump in the publisher's sequence numbers, which the node
+    passes on where the middleware numbers messages: a stalled recorder's overflowing queues,
+    a burst);
+  - or its sample clock (the sampled stream's stamp, the recorder clock on a timer) steps by
+    zero or less (a repeated state, stitched rows) or by more than the larger of 1.5 periods
+    and the stream's stale timeout (a timer: 1.5 periods); shorter late steps are what a source
+    stamping with wall time does without losing anything.
+At such a gap:
+  - the steps before it are committed as an episode of their own (success unknown, last step
+    not terminal), or discarded if fewer than min_part_steps (10);
+  - with rewards matched in order (sample_on with a reward topic), the rest of the episode is
+    discarded up to its end ("cut"): rewards carry no stamp, so after lost messages no sample's
+    reward is known for sure (a lost reward message cuts the episode before its first sample
+    still waiting for a reward);
+  - otherwise (timer sampling, or no reward topic), the samples after the gap go on as a new
+    episode ("split").
+~/status counts gaps, gap_samples_missing (sample periods without a sample), the episodes
+split and cut at gaps, short_parts_discarded, samples_discarded_at_gaps and lost_messages per
+stream; `data check` reports gaps left in a dataset (by the stamp rule: losses shorter than the
+stale timeout in wall-clock stamps are only visible to the recorder).
+
+Commits are confirmed. The writer thread answers each commit with the episode's index on disk
+or the error that failed it (a full disk: the episode is lost, the episodes before it stay
+intact, and the next episode is tried afresh, so recording recovers once space returns). An
+episode counts as committed, and `episode` advances, only on that answer (confirm_commits, run
+on every tick); the stop service waits for it up to commit_wait_s and otherwise answers
+"commit pending". Every setting is checked at start-up (check_settings).
 """
 
 from __future__ import annotations
@@ -61,18 +94,56 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from robot_stack.data import EpisodeStore, KeySpec, standard_keys
+from robot_stack.data.continuity import contiguous, max_step_s, missing_samples, sample_clock
 from robot_stack.errors import ConfigError
 from robot_stack.spec import JOINT_STATE, MalformedMessage, RobotSpec
 
 IDLE, RECORDING, CLOSING = "idle", "recording", "closing"
 STATE_HISTORY = 100  # exact pairing: stamped states kept per stream for commands to find
 EVENT_RESET, EVENT_TERMINAL, EVENT_TRUNCATED = "reset", "terminal", "truncated"
+RECORDED_SOURCES = ("teleop", "scripted", "sim")  # episode_source values a recording may have
+LOSS_MARK = "losses_before"  # in a step until it is written: the Recorder's _losses at its sample
+LOST = {}  # exact pairing: in the pending reports, where reports were lost (sequence numbers)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# setting: (holds for a valid value, what a valid value is); `spec` is the robot spec
+SETTING_RULES = {
+    "source": (lambda v, spec: v in RECORDED_SOURCES, f"one of {', '.join(RECORDED_SOURCES)}"),
+    "on_shutdown": (lambda v, spec: v in ("commit", "discard"), "commit or discard"),
+    "auto_episodes": (lambda v, spec: isinstance(v, bool), "true or false"),
+    "sample_on": (lambda v, spec: v is None or (v in spec.streams
+                                                and spec.streams[v].role != "events"),
+                  "'timer' or a data topic of the spec"),
+    "reward_wait_s": (lambda v, spec: _number(v) and v >= 0, "a finite number of seconds >= 0"),
+    "pair_timeout_s": (lambda v, spec: _number(v) and v > 0, "a finite number of seconds > 0"),
+    "commit_wait_s": (lambda v, spec: _number(v) and v > 0, "a finite number of seconds > 0"),
+    "min_part_steps": (lambda v, spec: isinstance(v, int) and not isinstance(v, bool)
+                       and v >= 1, "a whole number >= 1"),
+    "flush_period_s": (lambda v, spec: _number(v) and v > 0, "a finite number of seconds > 0"),
+    "status_rate": (lambda v, spec: _number(v) and v > 0, "a finite rate in Hz > 0"),
+    "max_queued_steps": (lambda v, spec: isinstance(v, int) and not isinstance(v, bool)
+                         and v >= 1, "a whole number >= 1"),
+}
+
+
+def check_settings(spec: RobotSpec | None, **settings) -> None:
+    """Raises ConfigError, in one line, naming the first recorder setting that is invalid."""
+    for name, value in settings.items():
+        valid, wanted = SETTING_RULES[name]
+        if not valid(value, spec):
+            raise ConfigError(f"recorder setting {name} must be {wanted}, got {value!r}")
 
 
 def step_keys(spec: RobotSpec) -> dict[str, KeySpec]:
@@ -111,6 +182,7 @@ class _Latest:
     received: float = -math.inf  # receive time (recorder clock)
     count: int = 0
     malformed: int = 0
+    lost: int = 0  # messages that never arrived, by their publishers' sequence numbers
     last_problem: str = ""
     stale_skips: int = 0  # samples skipped while this stream was stale
 
@@ -123,14 +195,20 @@ class Counters:
     stale_skipped: int = 0  # samples not taken while recording because a required stream was stale
     pre_reset_skipped: int = 0  # samples not taken because the state predates the sim's reset
     unrewarded_dropped: int = 0  # samples at an episode's end whose reward never came
-    state_gaps: int = 0  # sample_on: samples whose state is not the one after the last sample's
     unpaired_dropped: int = 0  # exact pairing: applied commands whose state never came (also at
     # start-up, before the state subscription matched)
     outside_episode: int = 0  # exact pairing: samples whose stamp lies outside the episode's
     queue_dropped: int = 0  # steps lost because the writer fell behind
     clipped_actions: int = 0  # actions outside [low, high], recorded clipped
-    episodes_committed: int = 0
+    episodes_committed: int = 0  # confirmed on disk by the writer
     episodes_discarded: int = 0
+    episodes_failed: int = 0  # the writer could not write or commit them (nothing of them kept)
+    gaps: int = 0  # samples not contiguous with the one before in their episode (see continuity)
+    gap_samples_missing: int = 0  # sample periods without a sample at those gaps
+    episodes_split_at_gaps: int = 0  # gaps where the episode went on as a new one
+    episodes_cut_at_gaps: int = 0  # gaps after which the rest of the episode was discarded
+    short_parts_discarded: int = 0  # parts before a gap under min_part_steps, not committed
+    samples_discarded_at_gaps: int = 0  # recorded samples of discarded rests and short parts
     # sample taken -> step in the store writer's buffer (on disk within flush_period_s more);
     # the source stamp -> sample part is in the dataset: timestamp - stamp/<stream>
     latency_sum_s: float = 0.0
@@ -138,15 +216,36 @@ class Counters:
     latency_count: int = 0
 
 
+@dataclass(frozen=True)
+class CommitResult:
+    """The writer's answer to a commit: the episode's index on disk, or why it is not there."""
+    index: int | None
+    error: str = ""
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 class StoreWriterThread:
     """Runs the episode store's streaming writer on its own thread.
 
     Store writes (chunk compression, file I/O) take milliseconds; doing them on the ROS
     executor thread would delay message callbacks and timer ticks. Control operations are
-    queued in order with the steps, so a commit always follows the steps before it.
+    queued in order with the steps, so a commit always follows the steps before it, and each
+    commit is answered through the Future `commit` returns (a CommitResult) once the episode is
+    on disk or has failed.
+
+    A failed write (a full disk, an I/O error) fails the open episode: its rows are trimmed
+    (or, if even that fails, left as an uncommitted tail that the next episode overwrites),
+    its later steps are dropped and its commit is answered with the error. Episodes committed
+    before it are untouched (the store never rewrites committed rows), and the next episode
+    starts afresh: once space returns, recording recovers by itself. `error` holds the latest
+    failure until a commit succeeds again.
     """
 
     def __init__(self, store, max_queued_steps: int = 2000, flush_period_s: float = 1.0):
+        check_settings(None, max_queued_steps=max_queued_steps, flush_period_s=flush_period_s)
         self._store = store
         self._flush_period_s = flush_period_s
         self._queue: queue.Queue = queue.Queue()
@@ -161,16 +260,20 @@ class StoreWriterThread:
     def begin(self, source: str, start_time: float) -> None:
         self._queue.put(("begin", (source, start_time)))
 
-    def add(self, step: dict) -> bool:
+    def has_room(self) -> bool:
+        """Whether a step can be queued (the writer only ever makes more room meanwhile)."""
+        return self._queued_steps < self._max_queued_steps
+
+    def add(self, step: dict) -> None:
         with self._lock:
-            if self._queued_steps >= self._max_queued_steps:
-                return False
             self._queued_steps += 1
         self._queue.put(("step", (step, time.monotonic())))
-        return True
 
-    def commit(self, success: bool | None) -> None:
-        self._queue.put(("commit", success))
+    def commit(self, success: bool | None) -> Future:
+        """Commit the episode after the steps queued before; the Future gives a CommitResult."""
+        confirmation: Future = Future()
+        self._queue.put(("commit", (success, confirmation)))
+        return confirmation
 
     def discard(self) -> None:
         self._queue.put(("discard", None))
@@ -185,13 +288,23 @@ class StoreWriterThread:
         return self._queued_steps
 
     def _run(self) -> None:
-        episode = None
+        episode = None  # the open EpisodeWriter; None when none is open or it failed
+        failure = ""  # why the open episode failed
         next_flush = time.monotonic() + self._flush_period_s
         while True:
             try:
                 op, arg = self._queue.get(timeout=self._flush_period_s)
             except queue.Empty:
                 op, arg = "flush", None
+            if op == "step":
+                with self._lock:
+                    self._queued_steps -= 1
+            if op == "commit":
+                episode, failure = self._commit(episode, failure, *arg)
+                continue
+            if op == "close":
+                self._store.close()
+                return
             try:
                 if episode is not None and time.monotonic() >= next_flush:
                     # The store buffers up to a few MB per key; flushing bounds what a crash
@@ -199,26 +312,50 @@ class StoreWriterThread:
                     episode.flush()
                     next_flush = time.monotonic() + self._flush_period_s
                 if op == "begin":
+                    failure = ""
                     episode = self._store.begin_episode(source=arg[0], start_time=arg[1])
-                elif op == "step":
-                    with self._lock:
-                        self._queued_steps -= 1
-                    if episode is not None:
-                        episode.add_step(arg[0])
-                        self._note_latency(time.monotonic() - arg[1])
-                elif op == "commit" and episode is not None:
-                    episode.commit(success=arg)
-                    episode = None
-                elif op == "discard" and episode is not None:
-                    episode.discard()
-                    episode = None
-                elif op == "close":
-                    self._store.close()
-                    return
-            except Exception as e:  # keep the recorder alive; the status reports the error
-                self.error = f"{op}: {type(e).__name__}: {e}"
-                if op in ("begin", "commit", "discard"):
-                    episode = None
+                elif op == "step" and episode is not None:
+                    episode.add_step(arg[0])
+                    self._note_latency(time.monotonic() - arg[1])
+                elif op == "discard":
+                    discarded, episode, failure = episode, None, ""
+                    if discarded is not None:
+                        discarded.discard()
+            except Exception as e:  # the episode fails; the recorder goes on (see the class doc)
+                failure = self.error = f"{op}: {_describe(e)}"
+                self._abandon(episode)
+                episode = None
+
+    def _commit(self, episode, failure: str, success, confirmation: Future) -> tuple[None, str]:
+        """Commit the open episode and answer `confirmation`; returns the writer's new state."""
+        if episode is None:
+            confirmation.set_result(CommitResult(None, failure or "no episode was begun"))
+            return None, ""
+        committed_before = self._store.n_episodes
+        try:
+            index = episode.commit(success=success)
+        except Exception as e:
+            if self._store.n_episodes > committed_before:  # published; a write after it failed
+                index = committed_before
+                self.error = f"commit (after episode {index} was published): {_describe(e)}"
+            else:
+                self.error = f"commit: {_describe(e)}"
+                self._abandon(episode)
+                confirmation.set_result(CommitResult(None, self.error))
+                return None, ""
+        else:
+            self.error = ""
+        confirmation.set_result(CommitResult(index))
+        return None, ""
+
+    def _abandon(self, episode) -> None:
+        """End a failed episode so that the store takes the next one."""
+        if episode is None:
+            return
+        try:
+            episode.discard()  # trims the rows it wrote
+        except Exception:  # its rows stay an uncommitted tail, which the next episode overwrites
+            pass
 
     def _note_latency(self, latency: float) -> None:
         c = self.counters
@@ -239,32 +376,50 @@ class Recorder:
     def __init__(self, spec: RobotSpec, writer: StoreWriterThread, *, first_episode: int = 0,
                  source: str = "teleop", auto_episodes: bool = False,
                  on_shutdown: str = "commit", sample_on: str | None = None,
-                 reward_wait_s: float = 0.2, pair_timeout_s: float = 2.0, notify=None):
-        if on_shutdown not in ("commit", "discard"):
-            raise ValueError(f"on_shutdown must be commit or discard, got {on_shutdown!r}")
+                 reward_wait_s: float = 0.2, pair_timeout_s: float = 2.0,
+                 commit_wait_s: float = 5.0, min_part_steps: int = 10, notify=None):
+        self.sample_on = sample_on if sample_on is not None else spec.sample_on
+        check_settings(spec, source=source, auto_episodes=auto_episodes, on_shutdown=on_shutdown,
+                       sample_on=self.sample_on, reward_wait_s=reward_wait_s,
+                       pair_timeout_s=pair_timeout_s, commit_wait_s=commit_wait_s,
+                       min_part_steps=min_part_steps)
         self.spec = spec
         self.writer = writer
         self.source = source
         self.auto_episodes = auto_episodes
         self.on_shutdown = on_shutdown
-        self.sample_on = sample_on if sample_on is not None else spec.sample_on
-        if self.sample_on is not None and self.sample_on not in spec.streams:
-            raise ValueError(f"sample_on {self.sample_on!r} is not a stream of the spec")
         self.reward_wait_s = reward_wait_s
-        self._notify = notify or (lambda message: None)  # told how each episode ended
+        self.commit_wait_s = commit_wait_s  # how long the stop service waits for the writer
+        # A part before a gap shorter than this is discarded: too short to learn from, and a
+        # commit per lost message would keep the writer busy (and the GIL) when losses come
+        # in runs (an overloaded 1 kHz recording).
+        self.min_part_steps = min_part_steps
+        # told how each episode ended: notify(message, error=False)
+        self._notify = notify if notify is not None else (lambda message, error=False: None)
         self.period = 1.0 / spec.rate_hz
         self.latest = {name: _Latest() for name in spec.streams}
         self.counters = Counters()
         writer.counters = self.counters
         self.state = IDLE
-        self.episode_index = first_episode  # index the current or next episode gets
-        self.episode_steps = 0  # steps handed to the writer in this episode
+        self.episode_index = first_episode  # index the next committed episode gets (confirmed)
+        self.episode_steps = 0  # steps handed to the writer in this episode (or part)
+        self._commits: deque[tuple[Future, int, str]] = deque()  # unconfirmed: (answer, steps,
+        # what it was)
+        self._clock_key = sample_clock(spec, self.sample_on)  # see robot_stack/data/continuity
+        self._max_step = max_step_s(spec, self._clock_key)
+        self._episode_clock: float | None = None  # sample clock of the last step written
+        # Losses the recorder knows of (samples it dropped, messages lost on the way), counted
+        # in sample order: steps taken on either side of one are not contiguous.
+        self._losses = 0
+        self._written_losses = 0  # _losses when the last step written was sampled
+        self._write_lost = False  # a step was dropped since the last step written
+        self._cut = False  # the episode was cut at a gap: its remaining samples are discarded
+        self._sequences: dict[tuple, int] = {}  # (stream, publisher): last sequence number
         self._unrewarded: deque[dict] = deque()  # samples waiting for their reward
         self._last: dict | None = None  # newest complete step, held back for its terminal flag
         self._closing: tuple | None = None  # (success, terminal, deadline) while CLOSING
         self._last_tick: float | None = None
         self._reset_time: float | None = None  # of the reset event that started the episode
-        self._last_state_stamp: float | None = None  # of the previous sample in this episode
         self._value_streams = [s for s in spec.streams.values() if s.role != "events"]
         self._reward_stream = next(
             (s.name for s in self._value_streams if s.role == "reward"), None)
@@ -294,9 +449,13 @@ class Recorder:
         self._episode_reports = 0  # exact pairing: step reports within the bounds this episode
 
     # ----- inputs -----
-    def on_message(self, stream: str, fields: dict, stamp: float, now: float) -> str | None:
-        """Hold a message's values; returns the problem if it was malformed (and skipped)."""
+    def on_message(self, stream: str, fields: dict, stamp: float, now: float,
+                   sequence: tuple | None = None) -> str | None:
+        """Hold a message's values; returns the problem if it was malformed (and skipped).
+        sequence: (publisher id, publication sequence number) where the middleware tells."""
         latest = self.latest[stream]
+        if sequence is not None:
+            self._count_lost(stream, sequence, stamp)
         try:
             values = self.spec.parse(stream, fields)
         except MalformedMessage as e:
@@ -315,11 +474,47 @@ class Recorder:
                 self._finish()
         return None
 
+    def _count_lost(self, stream: str, sequence: tuple, stamp: float) -> None:
+        """Messages lost before this one (a stalled recorder's queues overflowed, a burst):
+        samples lost on the sampled stream, reward order lost on a reward stream."""
+        publisher, number = sequence
+        last = self._sequences.get((stream, publisher))
+        self._sequences[(stream, publisher)] = number
+        if last is None or number <= last + 1:  # first message, in order, or a restart
+            return
+        self.latest[stream].lost += number - last - 1
+        if self.state == IDLE:
+            return
+        if stream == self.sample_on:
+            if self.pair_by_stamp:  # reports are sampled in stamp order, this one later
+                self._pending.append((stamp, LOST))
+            else:
+                self._losses += 1
+        elif stream == self._reward_stream and self._match_rewards:
+            self._rewards_lost()
+
+    def _rewards_lost(self) -> None:
+        """Rewards are matched in order: after a lost one, no waiting sample's reward is known.
+        The samples completed so far are committed, the rest of the episode is discarded."""
+        if self._last is not None:
+            self._write(self._last)
+            self._last = None
+        self.counters.samples_discarded_at_gaps += sum(
+            step is not None for step in self._unrewarded)
+        self._unrewarded.clear()
+        self._rewards.clear()
+        if not self._cut and self.episode_steps:
+            self.counters.gaps += 1
+            self._cut_at(", the part before a lost reward")
+        self._cut = True
+
     def on_tick(self, now: float) -> None:
         """Timer callback: count missed periods, sample (timer mode), end a reward wait."""
         if self.sample_on is None and self._last_tick is not None:
             periods = (now - self._last_tick) / self.period
             self.counters.dropped_ticks += max(0, int(round(periods)) - 1)
+            if periods >= 1.5 and self.state == RECORDING:
+                self._losses += 1
             if periods - math.floor(periods) > 0.5 and periods < 2:
                 self.counters.late_ticks += 1
         self._last_tick = now
@@ -327,6 +522,7 @@ class Recorder:
             self._sample(now)
         if self.state == CLOSING and now >= self._closing[2]:
             self._finish()
+        self.confirm_commits()
 
     def on_event(self, event: str, now: float) -> tuple[bool, str]:
         """Episode events from the sim; act on them only with auto_episodes."""
@@ -363,22 +559,33 @@ class Recorder:
                 f"{name} ({self._age(name, now)})" for name in stale)
         self.writer.begin(self.source, time.time())
         self.state, self.episode_steps = RECORDING, 0
-        self._last_tick = self._reset_time = self._last_state_stamp = None
+        self._last_tick = self._reset_time = self._episode_clock = None
+        self._cut = self._write_lost = False
         # exact pairing: the episode takes the states received from now on
         self._bounds = (self._newest_state_stamp() if self.pair_by_stamp else -math.inf,
                         math.inf)
         self._rewards.clear()  # of the previous episode's steps
         self._episode_reports = 0
-        return True, f"recording episode {self.episode_index}"
+        self.confirm_commits()
+        pending = f" ({len(self._commits)} commit(s) before it not yet confirmed)" \
+            if self._commits else ""
+        return True, f"recording episode {self.episode_index + len(self._commits)}{pending}"
 
     def stop_episode(self, success: bool | None, now: float, terminal: bool = False,
-                     at_end_report: bool = False) -> tuple[bool, str]:
+                     at_end_report: bool = False, wait_s: float = 0.0) -> tuple[bool, str]:
         """Commit the episode; with samples still waiting for their reward, after at most
         reward_wait_s (state CLOSING; samples whose reward never comes are dropped).
         Exact pairing: the episode ends at the robot's end report (at_end_report) or else at
-        the newest state received."""
+        the newest state received. With wait_s (the stop service), a commit handed to the
+        writer is waited for up to wait_s, and the answer says what the writer confirmed."""
         if self.state != RECORDING:
             return False, "no episode is recording"
+        if wait_s > 0:
+            handed = len(self._commits)
+            ok, message = self.stop_episode(success, now, terminal, at_end_report)
+            if not ok or len(self._commits) == handed:  # closing, or discarded
+                return ok, message
+            return self._answer_commits(wait_s)
         wait = self.pair_timeout_s if self.pair_by_stamp else self.reward_wait_s
         self._closing = (success, terminal, now + wait)
         self.state = CLOSING
@@ -398,6 +605,12 @@ class Recorder:
         self._unrewarded.clear()
         self._rewards.clear()
         self._last = None
+        if self._cut:  # its part before the gap was committed; the writer holds no episode
+            self.state, self._cut = IDLE, False
+            message = "discarded the episode's samples after a gap" + (
+                f" because {reason}" if reason else "")
+            self._notify(message)
+            return True, message
         self.writer.discard()
         self.counters.episodes_discarded += 1
         self.state = IDLE
@@ -416,8 +629,8 @@ class Recorder:
             self.stop_episode(None, math.inf)
         if self.state == CLOSING:
             message = self._finish()[1]
-        self.writer.close()
-        return message
+        self.writer.close()  # writes everything queued: every commit is answered
+        return "; ".join(self.confirm_commits()) if self._commits else message
 
     def _finish(self) -> tuple[bool, str]:
         """End a CLOSING episode: write the held-back step with its terminal flag, commit."""
@@ -434,16 +647,54 @@ class Recorder:
             self._last["terminal"] = np.bool_(terminal)
             self._write(self._last)
             self._last = None
+        if self._cut:
+            self.state, self._cut = IDLE, False
+            message = "episode ended; its samples after a gap were discarded"
+            self._notify(message)
+            return True, message
         if self.episode_steps == 0:
             return self.discard_episode(reason="it has no steps")
-        self.writer.commit(success)
-        index, steps = self.episode_index, self.episode_steps
-        self.episode_index += 1
-        self.counters.episodes_committed += 1
+        message = f"committing episode ({self.episode_steps} steps)"
+        self._hand_commit(success)
         self.state = IDLE
-        message = f"committed episode {index} ({steps} steps)"
-        self._notify(message)
         return True, message
+
+    # ----- commits, confirmed by the writer -----
+    def _hand_commit(self, success: bool | None, what: str = "") -> None:
+        self._commits.append((self.writer.commit(success), self.episode_steps, what))
+        self.episode_steps = 0
+
+    def confirm_commits(self, wait_s: float = 0.0) -> list[str]:
+        """Takes the writer's answers to the commits handed to it, in order (waiting up to
+        wait_s for all of them); counts, logs and returns one message per answered commit.
+        An episode counts as committed, and the episode index advances, only here."""
+        if wait_s > 0 and self._commits:
+            wait_futures([answer for answer, _, _ in self._commits], timeout=wait_s)
+        messages = []
+        while self._commits and self._commits[0][0].done():
+            answer, steps, what = self._commits.popleft()
+            result = answer.result()
+            if result.index is None:
+                self.counters.episodes_failed += 1
+                messages.append(f"episode of {steps} steps{what} NOT committed: {result.error}")
+                self._notify(messages[-1], error=True)
+            else:
+                self.counters.episodes_committed += 1
+                self.episode_index = result.index + 1
+                messages.append(f"committed episode {result.index} ({steps} steps{what})")
+                self._notify(messages[-1])
+        return messages
+
+    def _answer_commits(self, wait_s: float) -> tuple[bool, str]:
+        """(ok, message) for a service that handed commits to the writer: the confirmations,
+        or "commit pending" for those the writer has not answered within wait_s."""
+        messages = self.confirm_commits(wait_s)
+        failed = any(" NOT committed: " in m for m in messages)
+        if self._commits:
+            steps = sum(steps for _, steps, _ in self._commits)
+            messages.append(f"commit pending: {len(self._commits)} episode(s) of {steps} steps "
+                            f"not confirmed on disk within {wait_s:g} s")
+        return not failed, "; ".join(messages)
 
     # ----- status -----
     def status(self, now: float) -> dict:
@@ -454,6 +705,8 @@ class Recorder:
             "episode_steps": self.episode_steps,
             "episodes_committed": c.episodes_committed,
             "episodes_discarded": c.episodes_discarded,
+            "episodes_failed": c.episodes_failed,
+            "commits_pending": len(self._commits),
             "samples": c.samples,
             "sample_on": self.sample_on or f"timer {self.spec.rate_hz:g} Hz",
             "dropped_ticks": c.dropped_ticks,
@@ -463,7 +716,13 @@ class Recorder:
                                       if s.stale_skips},
             "pre_reset_skipped": c.pre_reset_skipped,
             "unrewarded_dropped": c.unrewarded_dropped,
-            "state_gaps": c.state_gaps,
+            "sample_clock": self._clock_key,
+            "gaps": c.gaps,
+            "gap_samples_missing": c.gap_samples_missing,
+            "episodes_split_at_gaps": c.episodes_split_at_gaps,
+            "episodes_cut_at_gaps": c.episodes_cut_at_gaps,
+            "short_parts_discarded": c.short_parts_discarded,
+            "samples_discarded_at_gaps": c.samples_discarded_at_gaps,
             "pairing": "exact stamp" if self.pair_by_stamp else "latest value",
             "unpaired_dropped": c.unpaired_dropped,
             "outside_episode": c.outside_episode,
@@ -472,6 +731,7 @@ class Recorder:
             "clipped_actions": c.clipped_actions,
             "stale_streams": self.stale_streams(now),
             "received": {n: s.count for n, s in self.latest.items()},
+            "lost_messages": {n: s.lost for n, s in self.latest.items() if s.lost},
             "malformed": {n: s.malformed for n, s in self.latest.items()},
             "last_malformed": {n: s.last_problem for n, s in self.latest.items()
                                if s.last_problem},
@@ -488,6 +748,7 @@ class Recorder:
             if len(self._pending) > STATE_HISTORY:  # states stopped: bounded wait
                 self._pending.popleft()
                 self.counters.unpaired_dropped += 1
+                self._losses += 1
         elif stream in self._history:
             self._history[stream].append((stamp, values))
         elif stream == self._reward_stream:
@@ -503,6 +764,10 @@ class Recorder:
         """Pair waiting applied commands (in stamp order) with the states of their stamps."""
         while self._pending:
             stamp, action = self._pending[0]
+            if action is LOST:  # reports lost just before this stamp
+                self._pending.popleft()
+                self._losses += 1
+                continue
             if "action" not in action:  # end report: the episode ended at this state
                 self._pending.popleft()
                 self._resolved_stamp = stamp
@@ -529,6 +794,8 @@ class Recorder:
                 self.counters.outside_episode += 1
                 continue
             self._episode_reports += 1
+            if waiting or gone:
+                self._losses += 1
             if (waiting or gone or not self._sample(now, paired=(stamp, states, action))) \
                     and self._match_rewards:
                 # The sim published this step's reward too: it must not go to the next sample.
@@ -576,6 +843,7 @@ class Recorder:
         if paired is not None:  # the paired streams are exact, however late they came
             stale = [name for name in stale if name not in paired[1] and name != self.sample_on]
         if stale:
+            self._losses += 1
             self.counters.stale_skipped += 1
             for name in stale:
                 self.latest[name].stale_skips += 1
@@ -584,10 +852,6 @@ class Recorder:
                 self.latest[s].received < self._reset_time for s in self._required_observations):
             self.counters.pre_reset_skipped += 1
             return False
-        if paired is not None:
-            self._check_state_progress(paired[0])
-        elif self.sample_on is not None and self._required_observations:
-            self._check_state_progress(self.latest[self._required_observations[0]].stamp)
         values: dict[str, np.ndarray] = {}
         step: dict[str, np.ndarray] = {}
         for s in self._value_streams:
@@ -609,6 +873,7 @@ class Recorder:
         step["action"] = clipped.astype(np.float32)
         step["terminal"] = np.bool_(False)
         step["timestamp"] = np.float64(now)
+        step[LOSS_MARK] = self._losses
         for image in self.spec.images:
             step[image.key] = values[image.key]
         if self._reward_stream is None:  # the dataset has no reward key
@@ -620,15 +885,6 @@ class Recorder:
         if self.pair_by_stamp:
             self._reward_samples()
         return True
-
-    def _check_state_progress(self, stamp: float) -> None:
-        """A controller that answers every state gives samples one state period apart. A
-        repeated or skipped state means it fell behind (its command answered an older state,
-        and the robot held a previous command meanwhile): such steps do not replay. Exact with
-        sim-time stamps; with wall-clock stamps, jitter over half a period also counts."""
-        last, self._last_state_stamp = self._last_state_stamp, stamp
-        if last is not None and abs(stamp - last - self.period) > 0.5 * self.period:
-            self.counters.state_gaps += 1
 
     def _with_reward(self, step: dict, reward: tuple | None = None) -> dict:
         """The step with `reward` = (value, stamp), or the latest reward."""
@@ -645,11 +901,55 @@ class Recorder:
         self._last = step
 
     def _write(self, step: dict) -> None:
-        if self.writer.add(step):
-            self.episode_steps += 1
-            self.counters.samples += 1
-        else:
+        """Hand a step to the writer, after splitting or cutting the episode if it does not
+        follow the last step written (see the module doc)."""
+        losses = step.pop(LOSS_MARK)
+        if not self._cut and not self.writer.has_room():
             self.counters.queue_dropped += 1
+            self._write_lost = True
+            return
+        clock = float(step[self._clock_key])
+        if self._episode_clock is not None and (
+                self._write_lost or losses != self._written_losses
+                or not contiguous(clock - self._episode_clock, self._max_step)):
+            self._at_gap(clock - self._episode_clock)
+        if self._cut:
+            self.counters.samples_discarded_at_gaps += 1
+            return
+        self.writer.add(step)
+        self.episode_steps += 1
+        self.counters.samples += 1
+        self._episode_clock, self._written_losses, self._write_lost = clock, losses, False
+
+    def _at_gap(self, clock_step: float) -> None:
+        """The steps written so far become an episode of their own; the episode goes on as a
+        new one, or, when rewards are matched in order, its rest is discarded."""
+        self.counters.gaps += 1
+        self.counters.gap_samples_missing += missing_samples(clock_step, self.period)
+        what = f", the part before a gap ({self._clock_key} steps {clock_step:+.3f} s)"
+        if self._match_rewards:  # rewards carry no stamp: after lost messages, which is whose?
+            self._cut_at(what)
+            self._cut = True
+        else:
+            self.counters.episodes_split_at_gaps += 1
+            self._end_part(what)
+            self._write_lost = False
+            self.writer.begin(self.source, time.time())
+
+    def _cut_at(self, what: str) -> None:
+        self.counters.episodes_cut_at_gaps += 1
+        self._end_part(what)
+
+    def _end_part(self, what: str) -> None:
+        """Commit the steps written so far, or discard them when too short."""
+        if self.episode_steps >= self.min_part_steps:
+            self._hand_commit(None, what)
+        else:
+            self.writer.discard()
+            self.counters.short_parts_discarded += 1
+            self.counters.samples_discarded_at_gaps += self.episode_steps
+            self.episode_steps = 0
+        self._episode_clock = None
 
     def _blank_values(self, stream) -> dict[str, np.ndarray]:
         """Values written for an optional stream that never delivered (its stamp is 0)."""

@@ -28,8 +28,10 @@ build the observation vector the same way. Format (see config/robot_cheetah_sim.
 `action.topic` is where controllers (teleop, policy node) publish std_msgs/Float64MultiArray
 commands. With `action.applied`, the robot also reports each command it applied as a stamped
 sensor_msgs/JointState (name = action.names, effort = values; header.stamp = that of the state
-it was applied from, as the sim node does; effort empty: nothing was applied from that state,
-the episode ended there): the recorder then records that report instead of
+it was applied from, as the sim node does). The end report says that nothing was applied from
+that state, the episode ended there; it has exactly one shape: name = action.names (any order),
+effort, position and velocity all empty. Any other report without effort is malformed, never
+taken for an end. The recorder then records that report instead of
 the raw commands (`commands` is not subscribed), and sampling on it pairs each applied command
 with the state of the identical stamp.
 
@@ -192,7 +194,7 @@ class RobotSpec:
         """Validate one message of `stream` and return the values it contributes.
 
         Observation streams give {part name: array}; the action stream {"action": array} ({}
-        for an applied-command report with empty effort: none was applied, the episode ended);
+        for an end report: none was applied, the episode ended; see _check_end_report);
         image streams {"camera/<name>": (H, W, C) uint8}; reward {"reward": float64 scalar}.
         Raises MalformedMessage naming the problem.
         """
@@ -202,8 +204,9 @@ class RobotSpec:
                     for p in self.observation if p.topic == s.topic}
         if s.role == "action":
             if s.msg_type == JOINT_STATE:  # an applied-command report
-                if len(fields["effort"]) == 0:  # nothing was applied: the episode ended
-                    return {}
+                if len(fields["effort"]) == 0:
+                    self._check_end_report(fields)
+                    return {}  # nothing was applied: the episode ended
                 return {"action": self._extract_part(self.action.applied_part, fields)}
             return {"action": self._check_action(fields)}
         if s.role == "image":
@@ -215,6 +218,18 @@ class RobotSpec:
                 raise MalformedMessage(f"reward is {value}")
             return {"reward": np.float64(value)}
         raise KeyError(f"stream {stream!r} carries no data")
+
+    def _check_end_report(self, fields: Mapping[str, Any]) -> None:
+        """An applied-command report without effort is an end report only in its documented
+        shape: the action's joint names, each once, and no position or velocity."""
+        names = list(fields["name"])
+        topic = self.action.applied_topic
+        if sorted(names) != sorted(self.action.names):
+            raise MalformedMessage(f"{topic}: empty effort (an end report) with joint names "
+                                   f"{names}, expected {list(self.action.names)}")
+        if len(fields["position"]) or len(fields["velocity"]):
+            raise MalformedMessage(f"{topic}: empty effort (an end report) with position or "
+                                   "velocity values")
 
     def observation_vector(self, parts: Mapping[str, np.ndarray]) -> np.ndarray:
         """Concatenate parsed observation parts in spec order, as observation_dtype."""

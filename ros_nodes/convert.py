@@ -54,6 +54,13 @@ def command_array(msg: Float64MultiArray) -> np.ndarray:
     return np.asarray(msg.data, dtype=np.float64)
 
 
+def publication_sequence(info: dict) -> tuple | None:
+    """(publisher gid, publication sequence number) from a subscription's message info, None
+    where the middleware does not number messages."""
+    number, gid = info.get("publication_sequence_number"), info.get("publisher_gid")
+    return None if number is None or gid is None else (gid["data"], number)
+
+
 # ----- status -----
 
 def status_msg(status: dict) -> String:

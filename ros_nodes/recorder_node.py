@@ -6,7 +6,9 @@ Topics and services (relative names, so a namespace applies):
   publishes   ~/status       std_msgs/String (JSON counters, see Recorder.status)
               /diagnostics   diagnostic_msgs/DiagnosticArray, the same counters
   services    ~/start_episode    std_srvs/Trigger   refused while a required stream is stale
-              ~/stop_episode     std_srvs/SetBool   data = success label; commits
+              ~/stop_episode     std_srvs/SetBool   data = success label; commits, and answers
+                                 once the writer confirmed the commit on disk (or failed it;
+                                 "commit pending" after commit_wait_s)
               ~/discard_episode  std_srvs/Trigger
 With auto_episodes, the sim's episode_events start ("reset") and commit ("terminal",
 "truncated") episodes. On SIGINT/SIGTERM the open episode is committed or discarded
@@ -21,6 +23,7 @@ import sys
 
 import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import Image, JointState
@@ -28,7 +31,7 @@ from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
 from robot_stack.errors import ConfigError, RobotStackError
-from robot_stack.recording import Recorder, StoreWriterThread, open_store
+from robot_stack.recording import Recorder, StoreWriterThread, check_settings, open_store
 from robot_stack.spec import FLOAT64, FLOAT64_ARRAY, IMAGE, JOINT_STATE, STRING, load_spec
 from ros_nodes import convert
 from ros_nodes.node_main import parameter_overrides, parse_node_args, run_node
@@ -46,6 +49,10 @@ PARAMETERS = {  # name: (default, description)
     "reward_wait_s": (0.2, "at an episode's end, how long samples wait for their reward"),
     "pair_timeout_s": (2.0, "exact pairing: how long an episode's end waits for its end report, "
                             "last pairs and rewards"),
+    "min_part_steps": (10, "steps a part of an episode before a gap needs to be committed "
+                           "(shorter ones are discarded)"),
+    "commit_wait_s": (5.0, "how long ~/stop_episode waits for the writer to confirm the commit "
+                           "on disk before answering 'commit pending'"),
     "reset_service": ("", "auto_episodes: std_srvs/Trigger called once all required streams "
                           "are fresh, to start the first episode (e.g. /sim/reset)"),
 }
@@ -59,8 +66,11 @@ class RecorderNode(Node):
     def __init__(self, overrides=()):
         super().__init__("recorder", parameter_overrides=list(overrides))
         self.recorder = None
-        p = {name: self.declare_parameter(name, default).value
-             for name, (default, _) in PARAMETERS.items()}
+        try:
+            p = {name: self.declare_parameter(name, default).value
+                 for name, (default, _) in PARAMETERS.items()}
+        except ParameterException as e:  # e.g. a string given for a number
+            raise ConfigError(f"recorder setting: {e}") from None
         if not p["spec"] or not p["out"]:
             raise ConfigError("recorder needs a spec and an out path (--spec/--out or the "
                               "spec/out parameters)")
@@ -69,18 +79,17 @@ class RecorderNode(Node):
         if sample_on is not None:  # a topic given as parameter: resolve to its stream name
             sample_on = next((s.name for s in spec.streams.values()
                               if sample_on in (s.name, s.topic)), sample_on)
+        settings = {name: p[name] for name in (
+            "source", "auto_episodes", "on_shutdown", "reward_wait_s", "pair_timeout_s",
+            "commit_wait_s", "min_part_steps")}
+        # every setting is checked before the dataset is created or opened
+        check_settings(spec, sample_on=sample_on, status_rate=p["status_rate"],
+                       max_queued_steps=p["max_queued_steps"],
+                       flush_period_s=p["flush_period_s"], **settings)
         store = open_store(p["out"], spec)
         writer = StoreWriterThread(store, p["max_queued_steps"], flush_period_s=p["flush_period_s"])
-        try:
-            self.recorder = Recorder(spec, writer, first_episode=store.n_episodes,
-                                     source=p["source"], auto_episodes=p["auto_episodes"],
-                                     on_shutdown=p["on_shutdown"], sample_on=sample_on,
-                                     reward_wait_s=p["reward_wait_s"],
-                                     pair_timeout_s=p["pair_timeout_s"],
-                                     notify=self.notify)
-        except ValueError as e:
-            writer.close()
-            raise ConfigError(str(e)) from None
+        self.recorder = Recorder(spec, writer, first_episode=store.n_episodes,
+                                 sample_on=sample_on, notify=self.notify, **settings)
         atexit.register(self.settle)
 
         # The executor handles the messages ready at one wake-up in subscription order. The sim
@@ -125,11 +134,12 @@ class RecorderNode(Node):
             msg_type, convert.data_fields)
         has_header = msg_type in (JOINT_STATE, IMAGE)
 
-        def on_message(msg) -> None:
+        def on_message(msg, info) -> None:
             now = self._now()
             # Headerless messages (and unstamped headers) are stamped with their receive time.
             stamp = convert.time_seconds(msg.header.stamp) if has_header else 0.0
-            problem = self.recorder.on_message(stream, fields(msg), stamp or now, now)
+            problem = self.recorder.on_message(stream, fields(msg), stamp or now, now,
+                                               convert.publication_sequence(info))
             if problem:
                 self.get_logger().warning(f"skipped malformed message: {problem}",
                                           throttle_duration_sec=WARN_THROTTLE_S)
@@ -151,7 +161,10 @@ class RecorderNode(Node):
         return response
 
     def on_stop(self, request, response):
-        response.success, response.message = self.recorder.stop_episode(request.data, self._now())
+        # Answers once the writer confirmed the commit (or after commit_wait_s: "commit
+        # pending"); the writer is its own thread, so waiting here does not stall it.
+        response.success, response.message = self.recorder.stop_episode(
+            request.data, self._now(), wait_s=self.recorder.commit_wait_s)
         return response
 
     def on_discard(self, request, response):
@@ -163,23 +176,24 @@ class RecorderNode(Node):
         self.status_pub.publish(convert.status_msg(status))
         required_stale = self.recorder.stale_streams(self._now(), required_only=True)
         problems = [f"stale: {', '.join(required_stale)}"] if required_stale else []
-        if status["writer_error"]:
+        if status["writer_error"]:  # episodes are being lost: until a commit succeeds again
             problems.append(f"writer: {status['writer_error']}")
-        if status["queue_dropped"] or status["dropped_ticks"]:
+        if status["queue_dropped"] or status["dropped_ticks"] or status["gaps"]:
             problems.append("dropped samples")
         message = "; ".join(problems) or status["state"]
+        level = (DiagnosticStatus.ERROR if status["writer_error"] else
+                 DiagnosticStatus.WARN if problems else DiagnosticStatus.OK)
         self.diag_pub.publish(convert.diagnostics_msg(
             f"{self.get_name()}: {self.recorder.spec.task}", self.recorder.spec.task,
-            DiagnosticStatus.WARN if problems else DiagnosticStatus.OK, message, status,
-            self.get_clock().now().to_msg()))
+            level, message, status, self.get_clock().now().to_msg()))
 
-    def notify(self, message: str) -> None:
+    def notify(self, message: str, error: bool = False) -> None:
         # Once the context is shut down (the shutdown commit), the node's logger can no longer
         # publish to /rosout and rcl complains on every message; a logger of another name has
         # no /rosout publisher and still reaches the console and the log file.
         logger = self.get_logger() if self.context.ok() else rclpy.logging.get_logger(
             f"{self.get_name()}.shutdown")
-        logger.info(message)
+        (logger.error if error else logger.info)(message)
 
     def settle(self) -> None:
         """Commit or discard the open episode and close the store, once.

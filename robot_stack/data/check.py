@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from robot_stack.data.continuity import check_store as check_continuity
 from robot_stack.data.store import (META_CHUNK, PARTIAL_FILE, SOURCES, EpisodeStore, _block_rows, _is_url,
                                     read_rows)
 from robot_stack.errors import DatasetError
@@ -127,6 +128,7 @@ def _inspect(store: EpisodeStore, report: CheckReport) -> None:
     backwards = backwards[~np.isin(backwards, ends)]  # a new episode may restart its clock
     if len(backwards):
         problem(f"data/timestamp goes backwards within an episode at step {int(backwards[0])}")
+    check_continuity(store, problem)
     if store._stored_stats is None:
         pass  # the stats attribute is malformed: reported above
     elif not store.stats_fresh():
