@@ -82,6 +82,7 @@ def export_policy(run_dir: str | Path, out_path: str | Path, *, dataset: str | N
         "robot_stack_format": FORMAT_VERSION,
         "task": store.task,
         "robot_name": robot.get("name", store.task),
+        "command_interface": robot.get("command_interface"),
         "obs_dim": obs_dim,
         "act_dim": act_dim,
         "observation_layout": robot["observation_layout"],
