@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ from tqdm import tqdm
 
 from robot_stack.data import EpisodeStore, standard_keys
 from sim.policies import make_policy
-from sim.tasks import make_task
+from sim.tasks import SimError, make_task
 
 # The store's episode `source`: random data is plain simulator data, the CPG policy is scripted.
 _SOURCE = {"random": "sim", "scripted": "scripted"}
@@ -24,6 +25,13 @@ def collect_dataset(task_name: str, policy_name: str, episodes: int, out, seed: 
     dataset is reproducible from its arguments. Timestamps are start_time + t * control_dt
     (start_time defaults to the wall-clock time at collection).
     """
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise SimError(f"episodes must be a whole number >= 1, got {episodes!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                  or max_steps < 1):
+        raise SimError(f"max_steps must be a whole number >= 1, got {max_steps!r}")
+    if not 0 <= noise < math.inf:  # also refuses NaN, which the policy would ignore
+        raise SimError(f"noise must be a finite number >= 0, got {noise!r}")
     task = make_task(task_name)
     policy = make_policy(policy_name, task, noise=noise, seed=seed)  # validates the name early
     steps_per_episode = min(max_steps or task.max_steps, task.max_steps)
