@@ -86,15 +86,16 @@ class PolicyNode(Node):
             check_positive("rate_hz", p["rate_hz"])
         check_positive("status_rate", p["status_rate"])
         self.spec = load_spec(p["spec"])
-        interface = self.spec.action.command_interface
-        position_index = self.spec.commanded_positions() if interface == POSITION else None
-        self.policy = OnnxPolicy(p["policy"], provider=p["provider"])
-        check_compatible(self.policy.metadata, self.spec.robot_description(), p["spec"])
         observation_streams = [s for s in self.spec.streams.values() if s.role == "observation"]
+        interface = self.spec.action.command_interface
         safety = SafetyConfig(
             interface, stale_timeout_s=p["stale_timeout_s"] or min(s.stale_timeout_s
                                                                    for s in observation_streams),
             max_delta=p["max_delta"] or None)
+        safety.validate()  # before the model loads: a bad spec or option is refused at once
+        position_index = self.spec.commanded_positions() if interface == POSITION else None
+        self.policy = OnnxPolicy(p["policy"], provider=p["provider"])
+        check_compatible(self.policy.metadata, self.spec.robot_description(), p["spec"])
         self.runner = PolicyRunner(self.policy, self.spec.action.low, self.spec.action.high, safety,
                                    position_index)
         self.runner.set_enabled(p["enabled"])

@@ -73,6 +73,10 @@ CASES = [
     (["deploy"], ["--policy", "{tmp}/p.onnx", "--spec", "{tmp}/rate_inf.yaml"],
      "rate_hz must be a positive number (finite and > 0), got inf"),
     (["deploy"], ["--safe-action", "hold"], "unrecognized arguments: --safe-action"),
+    (["deploy"], ["--policy", "{tmp}/p.onnx", "--spec", "{tmp}/no_interface.yaml"],
+     "action.command_interface must be one of ('position', 'velocity', 'effort'), got None"),
+    (["deploy"], ["--policy", "{tmp}/p.onnx", "--spec", "{tmp}/position_blind.yaml"],
+     "no JointState position part of the observation has ['ffoot']"),
 ]
 
 
@@ -119,8 +123,14 @@ def files(tmp_path_factory) -> dict[str, str]:
         def boom(obs, act, next_obs):
             raise RuntimeError("no reward here")
     """))
+    def position_blind(spec):  # a position robot whose observation lacks a joint's position
+        spec["action"]["command_interface"] = "position"
+        spec["observation"][0]["joints"].remove("ffoot")
+
     for name, edit in (("rate_inf", lambda s: s.update(rate_hz=float("inf"))),
-                       ("size", lambda s: s["action"].update(size=6.7))):
+                       ("size", lambda s: s["action"].update(size=6.7)),
+                       ("no_interface", lambda s: s["action"].pop("command_interface")),
+                       ("position_blind", position_blind)):
         spec = yaml.safe_load(open(CHEETAH_SPEC))
         edit(spec)
         (tmp / f"{name}.yaml").write_text(yaml.safe_dump(spec))
