@@ -64,7 +64,8 @@ IMAGE = "Image"
 STRING = "String"
 OBSERVATION_TYPES = (JOINT_STATE, FLOAT64_ARRAY)
 JOINT_STATE_FIELDS = ("position", "velocity", "effort")
-POSITION, VELOCITY, EFFORT = COMMAND_INTERFACES = ("position", "velocity", "effort")
+POSITION = "position"  # the command interface whose stop is a hold, not zero
+COMMAND_INTERFACES = (POSITION, "velocity", "effort")  # as ros2_control names them
 IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 _TYPE_ALIASES = {  # accept the full ROS names as well as the short ones
     "sensor_msgs/msg/JointState": JOINT_STATE,
@@ -348,7 +349,6 @@ def check_positive(name: str, value: Any) -> float:
             0 < value < math.inf):
         raise ConfigError(f"{name} must be a positive number (finite and > 0), got {value!r}")
     return float(value)
-
 
 
 def load_spec(path: str | Path) -> RobotSpec:
