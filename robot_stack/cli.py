@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from robot_stack.errors import RobotStackError
+from robot_stack.errors import ArgumentParser, RobotStackError
 
 
 def _sim_collect(args: argparse.Namespace) -> int:
@@ -176,7 +176,7 @@ def _run_node_verb(module: str, node_args: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="robot-stack",
         description="Record ROS 2 demonstrations to Zarr, train offline RL with policy-guided "
         "diffusion, deploy ONNX policies.",

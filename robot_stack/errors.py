@@ -1,4 +1,6 @@
 """User-facing errors: the CLI prints their message as one line, without a traceback."""
+import argparse
+from typing import NoReturn
 
 
 class RobotStackError(Exception):
@@ -11,3 +13,11 @@ class DatasetError(RobotStackError):
 
 class ConfigError(RobotStackError):
     """A spec, config file or command-line option is invalid."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad command line answered in one line (`prog: error: ...`, exit 2)
+    instead of the usage block and the error; subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -17,6 +17,7 @@ build the observation vector the same way. Format (see config/robot_cheetah_sim.
          joints: [rootz, rooty], unit: rad, units: {rootz: m}}
       - {name: imu, topic: imu, type: Float64MultiArray, slice: [0, 3], unit: m/s^2}
     action: {topic: commands, size: 6, low: -1.0, high: 1.0, names: [...],
+             command_interface: effort,            # position | velocity | effort, see below
              applied: {topic: applied_commands}}   # optional, see below
     images: [{name: rgb, topic: camera/image_raw, height: 480, width: 640, encoding: rgb8}]
     reward: {topic: reward}           # std_msgs/Float64, optional (no dataset reward key without)
@@ -34,6 +35,12 @@ effort, position and velocity all empty. Any other report without effort is malf
 taken for an end. The recorder then records that report instead of
 the raw commands (`commands` is not subscribed), and sampling on it pairs each applied command
 with the state of the identical stamp.
+
+`action.command_interface` is what the commands set on the joints, as ros2_control's command
+interfaces: `position`, `velocity` or `effort` (the dm_control bodies are driven by torques). It
+decides what stops the robot (robot_stack/deploy/runtime.py): holding the measured positions
+of the action's joints for position, zero for velocity and effort. The policy node needs it;
+a position interface also needs a JointState `position` part over every `action.names` joint.
 
 Messages reach this module as plain field dicts (ros_nodes/convert.py builds them), so the
 checks and the observation layout are testable without rclpy.
@@ -59,6 +66,8 @@ IMAGE = "Image"
 STRING = "String"
 OBSERVATION_TYPES = (JOINT_STATE, FLOAT64_ARRAY)
 JOINT_STATE_FIELDS = ("position", "velocity", "effort")
+POSITION = "position"  # the command interface whose stop is a hold, not zero
+COMMAND_INTERFACES = (POSITION, "velocity", "effort")  # as ros2_control names them
 IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 _TYPE_ALIASES = {  # accept the full ROS names as well as the short ones
     "sensor_msgs/msg/JointState": JOINT_STATE,
@@ -105,6 +114,7 @@ class ActionSpec:
     high: np.ndarray
     names: tuple[str, ...] | None
     applied_topic: str | None = None  # stamped JointState effort report of applied commands
+    command_interface: str | None = None  # position | velocity | effort; None: not declared
 
     @property
     def recorded_topic(self) -> str:
@@ -160,6 +170,7 @@ class RobotSpec:
     events_topic: str | None
     streams: dict[str, StreamSpec]  # by stream name, subscription order
     source: dict = field(default_factory=dict)  # the YAML mapping, stored with the dataset
+    origin: str = "robot spec"  # the file it came from, for messages
     _joint_index_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -184,10 +195,31 @@ class RobotSpec:
             "control_rate_hz": float(self.rate_hz),
             "action_low": self.action.low.tolist(),
             "action_high": self.action.high.tolist(),
+            "command_interface": self.action.command_interface,
             "observation_layout": self.observation_layout(),
             "spec": copy.deepcopy(self.source),
         })
         return description
+
+    def commanded_positions(self) -> np.ndarray:
+        """Observation indices of the measured positions of the action's joints (in action
+        order): what a position-interface robot holds to stop. ConfigError when the spec's
+        observation does not have them."""
+        where = {}  # joint -> observation index, from JointState position parts
+        start = 0
+        for part in self.observation:
+            if part.msg_type == JOINT_STATE and part.field == "position":
+                for i, joint in enumerate(part.joints):
+                    where.setdefault(joint, start + i)
+            start += part.size
+        missing = [j for j in self.action.names or () if j not in where]
+        if self.action.names is None or missing:
+            raise ConfigError(
+                f"{self.origin}: a position interface stops by holding the measured "
+                f"positions of the action's joints, but "
+                + ("action.names is not set" if self.action.names is None else
+                   f"no JointState position part of the observation has {missing}"))
+        return np.array([where[j] for j in self.action.names], dtype=np.intp)
 
     # ----- message checks and extraction -----
     def parse(self, stream: str, fields: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -325,6 +357,15 @@ def _check_image(image: ImageSpec, fields: Mapping[str, Any]) -> np.ndarray:
 
 
 # ----- loading -----
+def check_positive(name: str, value: Any) -> float:
+    """`value` as a float when it is a finite number > 0 (rates, periods, timeouts), else
+    ConfigError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 < value < math.inf):
+        raise ConfigError(f"{name} must be a positive number (finite and > 0), got {value!r}")
+    return float(value)
+
+
 def load_spec(path: str | Path) -> RobotSpec:
     path = Path(path)
     try:
@@ -345,7 +386,7 @@ def spec_from_dict(raw: Any, origin: str = "robot spec") -> RobotSpec:
     robot = r.get("robot", {})
     if not isinstance(robot, dict):
         raise ConfigError(f"{origin}: robot must be a mapping, got {type(robot).__name__}")
-    rate_hz = r.positive("rate_hz")
+    rate_hz = r.positive("rate_hz")  # finite: a period of 0 would be a busy loop
     dtype = r.get("observation_dtype", "float32")
     if dtype not in ("float32", "float64"):
         raise ConfigError(f"{origin}: observation_dtype must be float32 or float64, got {dtype!r}")
@@ -373,8 +414,12 @@ def spec_from_dict(raw: Any, origin: str = "robot spec") -> RobotSpec:
         observation.append(part)
 
     a = _Reader(r.get("action"), f"{origin}: action")
-    a.no_unknown({"topic", "size", "low", "high", "names", "applied"})
-    size = int(a.positive("size"))
+    a.no_unknown({"topic", "size", "low", "high", "names", "applied", "command_interface"})
+    size = a.count("size")
+    command_interface = a.get("command_interface", None)
+    if command_interface is not None and command_interface not in COMMAND_INTERFACES:
+        raise ConfigError(f"{origin}: action.command_interface must be one of "
+                          f"{COMMAND_INTERFACES}, got {command_interface!r}")
     low, high = a.bounds("low", size), a.bounds("high", size)
     if not (low < high).all():
         raise ConfigError(f"{origin}: action low must be below high for every dimension")
@@ -386,7 +431,7 @@ def spec_from_dict(raw: Any, origin: str = "robot spec") -> RobotSpec:
         raise ConfigError(f"{origin}: action.applied needs action.names (the joints of the "
                           "applied-command report)")
     action = ActionSpec(a.str("topic"), size, low, high, tuple(names) if names else None,
-                        applied_topic)
+                        applied_topic, command_interface)
     if applied_topic is None:
         claim(action.topic, FLOAT64_ARRAY, "action", "action")
     elif applied_topic == action.topic:
@@ -403,8 +448,8 @@ def spec_from_dict(raw: Any, origin: str = "robot spec") -> RobotSpec:
         if encoding not in IMAGE_CHANNELS:
             raise ConfigError(f"{ir.origin}: encoding {encoding!r} not one of "
                               f"{sorted(IMAGE_CHANNELS)}")
-        image = ImageSpec(ir.str("name"), ir.str("topic"), int(ir.positive("height")),
-                          int(ir.positive("width")), encoding)
+        image = ImageSpec(ir.str("name"), ir.str("topic"), ir.count("height"),
+                          ir.count("width"), encoding)
         claim(image.topic, IMAGE, "image", f"images[{i}]")
         images.append(image)
 
@@ -456,7 +501,8 @@ def spec_from_dict(raw: Any, origin: str = "robot spec") -> RobotSpec:
         if streams[sample_on].role == "events":
             raise ConfigError(f"{origin}: sample_on cannot be the events topic")
     return RobotSpec(task, dict(robot), rate_hz, sample_on, dtype, observation, action, images,
-                     reward_topic, events_topic, streams, source=copy.deepcopy(raw))
+                     reward_topic, events_topic, streams, source=copy.deepcopy(raw),
+                     origin=origin)
 
 
 def _observation_part(r: "_Reader") -> ObservationPart:
@@ -533,10 +579,13 @@ class _Reader:
         return value
 
     def positive(self, key: str, default: Any = _MISSING) -> float:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"{self.origin}: {key} must be a positive number, got {value!r}")
-        return float(value)
+        return check_positive(f"{self.origin}: {key}", self.get(key, default))
+
+    def count(self, key: str) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{self.origin}: {key} must be a whole number >= 1, got {value!r}")
+        return value
 
     def bounds(self, key: str, size: int) -> np.ndarray:
         value = self.get(key)

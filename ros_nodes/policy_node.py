@@ -12,6 +12,8 @@ come from the robot spec):
 
 trigger `timer`: one command per tick at rate_hz; `observation`: one command per observation
 message, per enable/e-stop event, and one safe command when the observations turn stale.
+The safe action comes from the spec's action.command_interface (runtime.PolicyRunner): hold the
+positions measured at the stop (position), or zero (velocity, effort).
 The control path (observation subscriptions, command publisher) belongs to a second node,
 `<name>_control`, served in the main thread by a ControlLoop (ros_nodes/control_loop.py: one
 wait set, no executor, ticks on deadlines), while the admin node (services, e-stop) spins in
@@ -46,8 +48,8 @@ from robot_stack import cdr
 from robot_stack.deploy.observation import ObservationReader
 from robot_stack.deploy.runtime import (PROVIDER_ORDER, OnnxPolicy, PolicyRunner, SafetyConfig,
                                         check_compatible)
-from robot_stack.errors import ConfigError
-from robot_stack.spec import FLOAT64_ARRAY, MalformedMessage, load_spec
+from robot_stack.errors import ArgumentParser, ConfigError
+from robot_stack.spec import FLOAT64_ARRAY, POSITION, MalformedMessage, check_positive, load_spec
 from ros_nodes import convert
 from ros_nodes.control_loop import ControlLoop
 from ros_nodes.node_main import node_main
@@ -60,7 +62,6 @@ PARAMETERS = {  # name: (default, description)
     "trigger": ("timer", "timer: ticks at rate_hz | observation: one command per observation"),
     "rate_hz": (0.0, "control rate; 0 = the spec's rate_hz"),
     "stale_timeout_s": (0.0, "observation age that gives the safe action; 0 = the spec's"),
-    "safe_action": ("hold", "hold the last command | zero"),
     "max_delta": (0.0, "largest command change per tick; 0 = no rate limit"),
     "enabled": (True, "start enabled"),
     "status_rate": (5.0, "Hz of ~/status and /diagnostics"),
@@ -81,15 +82,22 @@ class PolicyNode(Node):
                               "spec YAML)")
         if p["trigger"] not in TRIGGERS:
             raise ConfigError(f"trigger must be one of {TRIGGERS}, got {p['trigger']!r}")
+        if p["rate_hz"] != 0:  # 0: the spec's
+            check_positive("rate_hz", p["rate_hz"])
+        check_positive("status_rate", p["status_rate"])
         self.spec = load_spec(p["spec"])
+        observation_streams = [s for s in self.spec.streams.values() if s.role == "observation"]
+        interface = self.spec.action.command_interface
+        safety = SafetyConfig(
+            interface, stale_timeout_s=p["stale_timeout_s"] or min(s.stale_timeout_s
+                                                                   for s in observation_streams),
+            max_delta=p["max_delta"] or None)
+        safety.validate()  # before the model loads: a bad spec or option is refused at once
+        position_index = self.spec.commanded_positions() if interface == POSITION else None
         self.policy = OnnxPolicy(p["policy"], provider=p["provider"])
         check_compatible(self.policy.metadata, self.spec.robot_description(), p["spec"])
-        observation_streams = [s for s in self.spec.streams.values() if s.role == "observation"]
-        safety = SafetyConfig(
-            stale_timeout_s=p["stale_timeout_s"] or min(s.stale_timeout_s
-                                                         for s in observation_streams),
-            safe_action=p["safe_action"], max_delta=p["max_delta"] or None)
-        self.runner = PolicyRunner(self.policy, self.spec.action.low, self.spec.action.high, safety)
+        self.runner = PolicyRunner(self.policy, self.spec.action.low, self.spec.action.high, safety,
+                                   position_index)
         self.runner.set_enabled(p["enabled"])
         self.trigger = p["trigger"]
         self.period = 1.0 / (p["rate_hz"] or self.spec.rate_hz)
@@ -243,12 +251,13 @@ class PolicyNode(Node):
                 except MalformedMessage as e:
                     self.runner.observe(None, problem=str(e), now=oldest)
             command = self.runner.step()
-        self.command_pub.publish(self.encode_command(command))
+        if command is not None:  # None: a position robot not measured yet, nothing stops it
+            self.command_pub.publish(self.encode_command(command))
         self.runner.loop.add(time.perf_counter() - start)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="robot-stack deploy",
         description="Drive a robot with an exported ONNX policy (node `policy`). Options "
         "override the ROS parameters of the same name.")
@@ -259,7 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-hz", type=float, help="control rate (default: the spec's)")
     parser.add_argument("--stale-timeout-s", type=float,
                         help="observation age that gives the safe action (default: the spec's)")
-    parser.add_argument("--safe-action", help="hold | zero (default hold)")
     parser.add_argument("--max-delta", type=float, help="rate limit per tick (default none)")
     parser.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None,
                         help="start enabled (default on)")
@@ -274,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     options = ("policy", "spec", "provider", "trigger", "rate_hz", "stale_timeout_s",
-               "safe_action", "max_delta", "enabled", "thread_priority", "lock_memory")
+               "max_delta", "enabled", "thread_priority", "lock_memory")
     return node_main(argv, build_parser(), {name: name for name in options}, PolicyNode,
                      PolicyNode.run)
 

@@ -30,7 +30,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from robot_stack.errors import ConfigError, RobotStackError
+from robot_stack.errors import ArgumentParser, ConfigError, RobotStackError
 from robot_stack.recording import Recorder, StoreWriterThread, check_settings, open_store
 from robot_stack.spec import FLOAT64, FLOAT64_ARRAY, IMAGE, JOINT_STATE, STRING, load_spec
 from ros_nodes import convert
@@ -214,7 +214,7 @@ class RecorderNode(Node):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="robot-stack record",
         description="Record a robot's ROS 2 topics, as described by a robot spec, into an "
         "episode store (node `recorder`). Options override the ROS parameters of the same name "

@@ -49,7 +49,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from robot_stack.errors import ConfigError
+from robot_stack.errors import ArgumentParser, ConfigError
 from robot_stack.sim_runtime import Pacer, SimRuntime, tick_period
 from ros_nodes import convert
 from ros_nodes.node_main import node_main
@@ -243,7 +243,7 @@ class SimNode(Node):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="robot-stack sim serve",
         description="Run a MuJoCo task as a ROS 2 robot (node `sim`). Options override the ROS "
         "parameters of the same name (e.g. from --ros-args --params-file config/sim.yaml).")

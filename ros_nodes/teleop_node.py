@@ -29,9 +29,10 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from robot_stack.errors import ConfigError
+from robot_stack.errors import ArgumentParser, ConfigError
 from robot_stack.package_config import config_file
-from robot_stack.spec import JOINT_STATE, MalformedMessage, load_spec, stream_name
+from robot_stack.spec import (JOINT_STATE, MalformedMessage, check_positive, load_spec,
+                              stream_name)
 from robot_stack.teleop import (DISCARD, START, STOP_FAILURE, STOP_SUCCESS, CallablePolicy,
                                 JoyMapping, JoyTeleop, KeyboardMapping, KeyboardTeleop,
                                 load_policy_factory)
@@ -66,6 +67,7 @@ class TeleopNode(Node):
         if p["source"] not in SOURCES:
             raise ConfigError(f"unknown teleop source {p['source']!r}; "
                               f"choose one of {', '.join(SOURCES)}")
+        self.period = 1.0 / check_positive("publish_rate", p["publish_rate"])
         # The robot spec gives the action size and bounds, and builds the observation exactly
         # as the recorder does.
         domain = p["task"].split("-")[0]
@@ -75,7 +77,6 @@ class TeleopNode(Node):
         self.command_pub = self.create_publisher(Float64MultiArray, self.spec.action.topic, 10)
         self.clients_ = {service: self.create_client(kind, service)
                          for service, kind, _ in RECORDER_SERVICES.values()}
-        self.period = 1.0 / p["publish_rate"]
 
         if self.source == "keyboard":
             mapping = KeyboardMapping.from_yaml(p["mapping"] or config_file("teleop_keyboard.yaml"))
@@ -181,7 +182,7 @@ class TeleopNode(Node):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="robot-stack teleop",
         description="Publish commands (node `teleop`) from a keyboard, a joystick or a scripted "
         "policy. Options override the ROS parameters of the same name.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tqdm import tqdm
 from robot_stack.data import EpisodeStore, standard_keys
 from robot_stack.errors import DatasetError
 from sim.policies import make_policy
-from sim.tasks import make_task
+from sim.tasks import SimError, make_task
 
 # The store's episode `source`: random data is plain simulator data, the CPG policy is scripted.
 _SOURCE = {"random": "sim", "scripted": "scripted"}
@@ -28,6 +29,13 @@ def collect_dataset(task_name: str, policy_name: str, episodes: int, out, seed: 
     from its arguments, whether collected in one run or several. Timestamps are
     start_time + t * control_dt (start_time defaults to the wall-clock time at collection).
     """
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise SimError(f"episodes must be a whole number >= 1, got {episodes!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                  or max_steps < 1):
+        raise SimError(f"max_steps must be a whole number >= 1, got {max_steps!r}")
+    if not 0 <= noise < math.inf:  # also refuses NaN, which the policy would ignore
+        raise SimError(f"noise must be a finite number >= 0, got {noise!r}")
     task = make_task(task_name)
     policy = make_policy(policy_name, task, noise=noise, seed=seed)  # validates the name early
     steps_per_episode = min(max_steps or task.max_steps, task.max_steps)

@@ -80,6 +80,10 @@ class SimTask:
         self.actuator_names = [model.actuator(a).name for a in range(model.nu)]
         if not np.all(model.actuator_trntype == mujoco.mjtTrn.mjTRN_JOINT):
             raise SimError(f"{name}: expected every actuator to drive one joint")
+        # Motors (no bias term) apply force = gain * control: the commands are efforts, and
+        # the robot description says so (the policy node stops an effort robot with zeros).
+        if not np.all(model.actuator_biastype == mujoco.mjtBias.mjBIAS_NONE):
+            raise SimError(f"{name}: expected motor (effort) actuators only")
         self.actuator_joint_ids = model.actuator_trnid[:, 0].copy()
         self.act_dim = int(model.nu)
         self.obs_dim = len(self._qpos_kept) + int(model.nv)
@@ -227,6 +231,7 @@ class SimTask:
             "control_rate_hz": 1.0 / self.control_dt,
             "action_low": [-1.0] * self.act_dim,
             "action_high": [1.0] * self.act_dim,
+            "command_interface": "effort",
             "max_episode_steps": self.max_steps,
             "observation_layout": layout,
         }

@@ -89,6 +89,8 @@ def validate_datasets(paths: list[str], task_name: str, policy=None, max_samples
     """
     from robot_stack.data import EpisodeStore
 
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+        raise SimError(f"max_samples must be a whole number >= 1, got {max_samples!r}")
     task = make_task(task_name)
     reports, state_std = [], None
     for path in paths:
@@ -97,6 +99,8 @@ def validate_datasets(paths: list[str], task_name: str, policy=None, max_samples
             raise SimError(f"{path}: observation/action shapes {store.keys['observation'].shape}/"
                            f"{store.keys['action'].shape} do not fit {task_name} "
                            f"(({task.obs_dim},)/({task.act_dim},))")
+        if store.task != task_name:  # same-sized bodies (cheetah, walker) would pass the shapes
+            raise SimError(f"{path} holds {store.task} data, not {task_name}")
         if store.n_episodes == 0:
             raise SimError(f"{path}: no committed episodes to validate")
         if state_std is None:

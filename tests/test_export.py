@@ -1,5 +1,6 @@
 """ONNX export of a trained run: parity with the torch policy, the metadata a runtime checks,
-action scaling to the robot's bounds, and no file left behind by a failed export."""
+action scaling to the robot's bounds, no file left behind by a failed export, and a model that
+says truthfully what it was trained on (export, resume and eval refuse other data or tasks)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ from robot_stack.data import EpisodeStore
 from robot_stack.deploy.export import (INPUT_NAME, OUTPUT_NAME, PARITY_ATOL, ParityError,
                                        export_policy)
 from robot_stack.errors import ConfigError
-from robot_stack.learn.trainer import load_policy, load_run_config
+from robot_stack.deploy.evaluate import evaluate_onnx
+from robot_stack.learn.trainer import load_policy, load_run_config, train
 from robot_stack.learn.trajectories import dataset_fingerprint
 
 
@@ -57,6 +59,7 @@ def test_export_matches_torch_and_describes_the_robot(run, tmp_path):
     assert meta["training_config"]["dataset"] == load_run_config(run).dataset
     assert meta["training_config"]["algo"] == "td3bc"
     assert meta["training_run"] == str(run.resolve())
+    assert meta["command_interface"] == robot["command_interface"] == "effort"
 
 
 def test_actions_are_scaled_to_the_dataset_robots_bounds(run, tmp_path):
@@ -67,7 +70,8 @@ def test_actions_are_scaled_to_the_dataset_robots_bounds(run, tmp_path):
                  action_high=[2.0] * 3 + [1.0] * 3)
     scaled = EpisodeStore.create(tmp_path / "scaled.zarr", source.keys, task=source.task,
                                  robot=robot)
-    scaled.append_episode(source.episode(0), source="scripted")
+    for i in range(source.n_episodes):  # all of the run's data: the same fingerprint
+        scaled.append_episode(source.episode(i), source="scripted")
     out = tmp_path / "scaled.onnx"
     meta = export_policy(run, out, dataset=str(tmp_path / "scaled.zarr"))["metadata"]
     assert meta["action_low"] == robot["action_low"]
@@ -92,3 +96,50 @@ def test_failed_parity_check_leaves_no_file(run, tmp_path):
 def test_export_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a training run"):
         export_policy(tmp_path, tmp_path / "policy.onnx")
+
+
+@pytest.fixture(scope="module")
+def walker_data(tmp_path_factory) -> str:
+    from sim.collect import collect_dataset
+
+    path = tmp_path_factory.mktemp("walker") / "walker.zarr"
+    collect_dataset("walker-walk", "scripted", 1, str(path), seed=0, max_steps=100, progress=False)
+    return str(path)
+
+
+def test_export_refuses_data_the_run_was_not_trained_on(run, walker_data, tmp_path):
+    # Walker data has the cheetah's sizes (17, 6): only the fingerprint tells them apart.
+    out = tmp_path / "policy.onnx"
+    with pytest.raises(ConfigError, match="is not the data the run was trained on") as err:
+        export_policy(run, out, dataset=walker_data)
+    assert "task walker-walk" in str(err.value) and "task cheetah-run" in str(err.value)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="parity samples must be a whole number >= 1, got 0"):
+        export_policy(run, out, samples=0)
+
+
+def test_resume_refuses_other_data(run, walker_data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_run_config(copy)
+    cfg.out, cfg.dataset, cfg.steps = str(copy), walker_data, cfg.steps + 10
+    with pytest.raises(ConfigError, match="is not the data the run was trained on"):
+        train(cfg, resume=True, progress=False, log=lambda line: None)
+
+
+def test_eval_refuses_a_model_made_for_another_task(run, tmp_path):
+    # A model whose layout fits the walker but whose metadata says it is a cheetah policy.
+    from sim import make_task
+
+    policy = tmp_path / "policy.onnx"
+    export_policy(run, policy, samples=10)
+    model = onnx.load(str(policy))
+    walker = make_task("walker-walk").robot_description()
+    for prop in model.metadata_props:
+        if prop.key in ("observation_layout", "joint_names"):
+            prop.value = json.dumps(walker[prop.key])
+    policy.write_bytes(model.SerializeToString())
+    with pytest.raises(ConfigError, match="trained for task cheetah-run .*, not walker-walk"):
+        evaluate_onnx(str(policy), "walker-walk", episodes=1, max_steps=5)

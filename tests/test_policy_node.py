@@ -1,5 +1,7 @@
 """The policy node over real DDS, in its own process: closed loop with the sim node, safe actions
-on stale and NaN observations, the latching e-stop, and the refusal of a mismatched model.
+on stale and NaN observations, the latching e-stop and disabling, for an effort robot (the sim's)
+and a position robot (a spec written here over the same topics), and the refusal of a
+mismatched model.
 
 Closed loop: the sim runs in lockstep (each step applies the command that answered the state it
 published), the policy node answers each state (trigger observation), and both paths feed the
@@ -13,8 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
 from deployutil import TASK, exported_policy
+from robot_stack.data import EpisodeStore
+from robot_stack.deploy.export import export_policy
+from robot_stack.learn.trainer import load_run_config
 from robot_stack.deploy.evaluate import evaluate_onnx
 from sim import make_task
 
@@ -31,8 +37,13 @@ CHEETAH_SPEC = str(REPO / "config/robot_cheetah_sim.yaml")
 
 
 @pytest.fixture(scope="module")
-def policy_file(tmp_path_factory):
-    return exported_policy(tmp_path_factory.mktemp("deploy"))[1]
+def exported(tmp_path_factory):
+    return exported_policy(tmp_path_factory.mktemp("deploy"))
+
+
+@pytest.fixture(scope="module")
+def policy_file(exported):
+    return exported[1]
 
 
 def test_closed_loop_over_dds_matches_in_process_eval(ros, policy_file):
@@ -91,7 +102,7 @@ def test_stale_nan_estop_and_enable_give_safe_commands(ros, policy_file):
     feed = {"msg": None}  # what the probe publishes at 50 Hz; None = nothing (a dead sensor)
     probe.node.create_timer(0.02, lambda: feed["msg"] and publisher.publish(feed["msg"]))
     policy = start("deploy", "--policy", str(policy_file), "--spec", CHEETAH_SPEC,
-                   "--safe-action", "zero", "--stale-timeout-s", "0.2")
+                   "--stale-timeout-s", "0.2")  # an effort robot: its safe action is zero
 
     def status():
         return last_status(status_msgs) if status_msgs else {}
@@ -149,3 +160,68 @@ def test_a_model_for_another_robot_is_refused_with_one_message(ros, policy_file)
     errors = [line for line in output.splitlines() if "error:" in line]
     assert len(errors) == 1 and "does not match" in errors[0] and "joint names" in errors[0]
     assert "Traceback" not in output
+
+
+def test_a_position_robot_holds_the_positions_measured_at_the_stop(ros, exported, tmp_path):
+    # The same data, described as a position-controlled robot (same fingerprint), exported
+    # for a spec over the sim's topics that says so.
+    run, _ = exported
+    source = EpisodeStore.open(load_run_config(run).dataset, mode="r")
+    positioned = EpisodeStore.create(tmp_path / "position.zarr", source.keys, task=source.task,
+                                     robot=dict(source.robot, command_interface="position"))
+    for i in range(source.n_episodes):
+        positioned.append_episode(source.episode(i), source="scripted")
+    positioned.close()
+    policy_file = tmp_path / "position.onnx"
+    export_policy(run, policy_file, dataset=str(tmp_path / "position.zarr"))
+    spec = yaml.safe_load(open(CHEETAH_SPEC))
+    spec["action"]["command_interface"] = "position"
+    spec_file = tmp_path / "position.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+
+    probe, start = ros
+    status_msgs = probe.collect(String, "/policy/status", latched=True)
+    commands = probe.collect(Float64MultiArray, "commands")
+    publisher = probe.node.create_publisher(JointState, "joint_states", 10)
+    estop = probe.node.create_publisher(Bool, "estop", 10)
+    feed = {"msg": joint_state()}
+    probe.node.create_timer(0.02, lambda: publisher.publish(feed["msg"]))
+    policy = start("deploy", "--policy", str(policy_file), "--spec", str(spec_file),
+                   "--stale-timeout-s", "0.5")
+
+    def at(positions: np.ndarray) -> JointState:
+        msg = joint_state()
+        msg.position = positions.tolist()
+        return msg
+
+    def held(msg: JointState) -> np.ndarray:  # the action joints' positions, as observed
+        names = list(msg.name)
+        return np.array([msg.position[names.index(j)] for j in spec["action"]["names"]],
+                        np.float32).astype(np.float64)
+
+    def reach(state: str, what: str) -> np.ndarray:
+        probe.spin_until(lambda: status_msgs and last_status(status_msgs)["state"] == state, 30,
+                         what, policy)
+        commands.clear()
+        probe.spin_for(0.15)
+        assert len(commands) >= 5
+        return np.array([c.data for c in commands])
+
+    feed["msg"] = at(np.linspace(-0.4, 0.4, 9))
+    running = reach("running", "policy actions")
+    assert not np.allclose(running, held(feed["msg"]))  # the policy's, not a hold
+
+    at_stop = feed["msg"]
+    estop.publish(Bool(data=True))
+    reach("estop", "the e-stop")
+    feed["msg"] = at(np.linspace(0.3, -0.3, 9))  # the joints move on: the stop holds
+    probe.spin_for(0.3)
+    assert (np.array([c.data for c in commands[-5:]]) == held(at_stop)).all()
+    assert probe.call(SetBool, "/policy/enable", SetBool.Request(data=True)).success
+    reach("running", "policy actions after the e-stop")
+
+    at_disable = feed["msg"]
+    assert probe.call(SetBool, "/policy/enable", SetBool.Request(data=False)).success
+    assert (reach("disabled", "disabled") == held(at_disable)).all()
+    assert last_status(status_msgs)["command_interface"] == "position"
+    assert policy.stop() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import yaml
@@ -95,6 +96,106 @@ def test_model_matches_the_cheetah_spec_and_not_others(policy):
     with pytest.raises(ConfigError, match="joint names"):
         check_compatible(policy.metadata, spec_from_dict(renamed).robot_description(), "spec")
 
+    # Torques from a policy trained on the sim's motors must not drive position controllers.
+    assert policy.metadata.command_interface == "effort"
+    with pytest.raises(ConfigError, match="command interface: model effort, robot position"):
+        check_compatible(policy.metadata, interface_spec("position").robot_description(), "spec")
+
+
+def test_metadata_that_disagrees_with_the_graph_is_refused(exported, tmp_path):
+    path = tmp_path / "policy.onnx"
+    for key, value in (("obs_dim", 18), ("act_dim", 7)):  # the graph maps 17 -> 6
+        model = onnx.load(str(exported[1]))
+        next(p for p in model.metadata_props if p.key == key).value = str(value)
+        path.write_bytes(model.SerializeToString())
+        with pytest.raises(ConfigError, match=f"metadata {key} {value} disagrees with the graph"):
+            OnnxPolicy(path)
+
+
+def interface_spec(interface: str):
+    """The cheetah spec with another command interface, action bounds [-2, 2]."""
+    raw = cheetah_spec_dict()
+    raw["action"].update(command_interface=interface, low=-2.0, high=2.0)
+    return spec_from_dict(raw)
+
+
+@pytest.mark.parametrize("interface", ["position", "velocity", "effort"])
+def test_every_stop_gives_the_interfaces_safe_action_within_one_tick(interface):
+    spec = interface_spec(interface)
+    position_index = spec.commanded_positions() if interface == "position" else None
+    drive = np.full(6, 0.9)  # the policy's command: a torque or velocity that keeps moving
+    clock = Clock()
+    runner = PolicyRunner(lambda obs: drive, spec.action.low, spec.action.high,
+                          SafetyConfig(interface, stale_timeout_s=0.05), position_index,
+                          clock=clock)
+    rng = np.random.default_rng(0)
+
+    def stop_for(measured: np.ndarray) -> np.ndarray:
+        # qpos/bthigh .. qpos/ffoot are observation entries 2..7 of the cheetah spec
+        return measured[2:8] if interface == "position" else np.zeros(6)
+
+    def running() -> np.ndarray:
+        measured = rng.uniform(-1, 1, 17)
+        runner.observe(measured)
+        assert np.array_equal(runner.step(), drive) and runner.last_reason is None
+        return measured
+
+    # Nothing measured yet: a position robot gets no command (zero is a position, not a stop).
+    first = runner.step()
+    assert first is None if interface == "position" else np.array_equal(first, np.zeros(6))
+
+    measured = running()
+    runner.estop()
+    for _ in range(3):  # latched; the joints' positions at the stop are held, not later ones
+        assert np.array_equal(runner.step(), stop_for(measured)) and runner.last_reason == ESTOP
+        runner.observe(rng.uniform(-1, 1, 17))
+    assert runner.reset_estop()
+
+    measured = running()
+    clock.now += 0.06
+    assert np.array_equal(runner.step(), stop_for(measured)) and runner.last_reason == STALE
+
+    measured = running()
+    broken = measured.copy()
+    broken[3] = np.nan  # qpos/bshin: a commanded joint's position
+    runner.observe(broken)
+    assert np.array_equal(runner.step(), stop_for(measured))
+    assert runner.last_reason == BAD_OBSERVATION
+
+    measured = running()
+    runner.set_enabled(False)
+    assert np.array_equal(runner.step(), stop_for(measured)) and runner.last_reason == DISABLED
+    assert runner.status()["command_interface"] == interface
+
+
+def test_a_position_spec_must_observe_the_commanded_joints_positions():
+    raw = cheetah_spec_dict()
+    raw["action"]["command_interface"] = "position"
+    assert spec_from_dict(raw).commanded_positions().tolist() == [2, 3, 4, 5, 6, 7]
+    raw["observation"][0]["joints"].remove("ffoot")  # qvel still has it: not a position
+    with pytest.raises(ConfigError, match=r"no JointState position part of the observation "
+                                          r"has \['ffoot'\]"):
+        spec_from_dict(raw, "pos.yaml").commanded_positions()
+    del raw["action"]["names"], raw["action"]["applied"], raw["sample_on"]
+    with pytest.raises(ConfigError, match="pos.yaml: .*action.names is not set"):
+        spec_from_dict(raw, "pos.yaml").commanded_positions()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(rate_hz=-5), "rate_hz must be a positive number"),
+    (lambda s: s.update(rate_hz=float("inf")), r"rate_hz must be a positive number \(finite"),
+    (lambda s: s.update(rate_hz=float("nan")), "rate_hz must be a positive number"),
+    (lambda s: s.update(stale_timeout_s=float("inf")), "stale_timeout_s must be a positive"),
+    (lambda s: s["action"].update(size=6.7), "size must be a whole number >= 1, got 6.7"),
+    (lambda s: s["action"].update(command_interface="torque"),
+     "command_interface must be one of"),
+])
+def test_bad_rates_sizes_and_interfaces_in_a_spec_are_refused(edit, message):
+    raw = cheetah_spec_dict()
+    edit(raw)
+    with pytest.raises(ConfigError, match=message):
+        spec_from_dict(raw)
+
 
 def test_a_file_that_is_not_a_policy_is_refused(tmp_path):
     bad = tmp_path / "policy.onnx"
@@ -116,28 +217,29 @@ class Clock:
 def make_runner(policy, **safety) -> tuple[PolicyRunner, Clock]:
     clock = Clock()
     low, high = policy.metadata.action_low, policy.metadata.action_high
-    return PolicyRunner(policy, low, high, SafetyConfig(**safety), clock=clock), clock
+    return PolicyRunner(policy, low, high, SafetyConfig("effort", **safety), clock=clock), clock
 
 
-def test_fresh_observations_drive_the_policy_and_stale_ones_hold(policy):
-    runner, clock = make_runner(policy, stale_timeout_s=0.05, safe_action="hold")
+def test_fresh_observations_drive_the_policy_and_stale_ones_stop(policy):
+    runner, clock = make_runner(policy, stale_timeout_s=0.05)
     assert np.array_equal(runner.step(), np.zeros(6))  # nothing observed yet
     runner.observe(OBS)
     command = runner.step()
     np.testing.assert_allclose(command, policy(OBS))
+    assert np.abs(command).max() > 0
     clock.now += 0.04
     np.testing.assert_allclose(runner.step(), command)  # still fresh: same observation
     clock.now += 0.02  # 0.06 s old: stale on this very tick
     runner.observe(OBS)
     runner.observation_time -= 0.06
-    assert np.array_equal(runner.step(), command)
+    assert np.array_equal(runner.step(), np.zeros(6))
     assert runner.last_reason == STALE
     assert runner.safe_actions == {NO_OBSERVATION: 1, STALE: 1}
     assert runner.policy_actions == 2 and runner.status()["state"] == "safe:" + STALE
 
 
 def test_non_finite_observation_or_output_gives_the_zero_action(policy):
-    runner, _ = make_runner(policy, safe_action="zero")
+    runner, _ = make_runner(policy)
     runner.observe(OBS)
     assert np.abs(runner.step()).max() > 0
     runner.observe(np.full(17, np.nan))
@@ -148,13 +250,13 @@ def test_non_finite_observation_or_output_gives_the_zero_action(policy):
     assert runner.status()["observation_problem"].endswith("non-finite qpos value")
 
     broken = PolicyRunner(lambda obs: np.array([0.1, np.inf, 0, 0, 0, 0]), -np.ones(6),
-                          np.ones(6), SafetyConfig(safe_action="zero"))
+                          np.ones(6), SafetyConfig("effort"))
     broken.observe(OBS)
     assert np.array_equal(broken.step(), np.zeros(6)) and broken.safe_actions == {BAD_OUTPUT: 1}
 
 
-def test_estop_latches_until_reset_and_disable_holds(policy):
-    runner, _ = make_runner(policy, safe_action="zero")
+def test_estop_latches_until_reset_and_disable_stops(policy):
+    runner, _ = make_runner(policy)
     runner.observe(OBS)
     runner.estop()
     for _ in range(3):
@@ -174,7 +276,7 @@ def test_estop_latches_until_reset_and_disable_holds(policy):
 def test_commands_are_clipped_and_rate_limited():
     swing = iter([np.full(6, 5.0), np.full(6, -5.0), np.full(6, 0.05)])
     runner = PolicyRunner(lambda obs: next(swing), -np.ones(6), np.ones(6),
-                          SafetyConfig(max_delta=0.25))
+                          SafetyConfig("velocity", max_delta=0.25))
     runner.observe(OBS)
     assert np.allclose(runner.step(), 0.25)   # 5 -> clipped to 1 -> limited to 0 + 0.25
     assert np.allclose(runner.step(), 0.0)    # -5 -> -1 -> limited to 0.25 - 0.25
@@ -183,10 +285,15 @@ def test_commands_are_clipped_and_rate_limited():
 
 
 def test_bad_safety_settings_are_refused():
-    with pytest.raises(ConfigError, match="safe_action"):
-        PolicyRunner(np.tanh, -np.ones(2), np.ones(2), SafetyConfig(safe_action="brake"))
+    for interface in ("torque", None):  # None: a spec that does not declare it
+        with pytest.raises(ConfigError, match="command_interface must be one of"):
+            PolicyRunner(np.tanh, -np.ones(2), np.ones(2), SafetyConfig(interface))
     with pytest.raises(ConfigError, match="max_delta"):
-        SafetyConfig(max_delta=-1.0).validate()
+        SafetyConfig("effort", max_delta=-1.0).validate()
+    with pytest.raises(ConfigError, match="stale_timeout_s"):
+        SafetyConfig("effort", stale_timeout_s=np.inf).validate()
+    with pytest.raises(ConfigError, match="observation index of each commanded joint"):
+        PolicyRunner(np.tanh, -np.ones(2), np.ones(2), SafetyConfig("position"))
 
 
 def test_latency_stats_and_missed_ticks():

@@ -6,8 +6,11 @@ action_low/high are both part of it, so a runtime needs nothing but the file. Th
 metadata_props carry what a runtime must check before driving a robot (JSON-encoded values):
 
     observation_layout, joint_names, action_low, action_high, control_rate_hz, task,
-    obs_dim, act_dim, training_run, training_config, dataset, dataset_fingerprint,
-    robot_stack_format
+    robot_name, command_interface, obs_dim, act_dim, training_run, training_config, dataset,
+    dataset_fingerprint, robot_stack_format
+
+The metadata describes the dataset the run was trained on: a `dataset` given in place of the
+run's own (a moved copy) must have the run's fingerprint.
 
 An export whose ONNX outputs differ from the torch policy by more than PARITY_ATOL on dataset
 observations fails and leaves no file.
@@ -61,13 +64,16 @@ def export_policy(run_dir: str | Path, out_path: str | Path, *, dataset: str | N
     import onnx
 
     from robot_stack.data import EpisodeStore
-    from robot_stack.learn.trainer import load_policy, load_run_config
+    from robot_stack.learn.trainer import check_trained_on, load_policy, load_run_config
     from robot_stack.learn.trajectories import dataset_fingerprint
 
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"parity samples must be a whole number >= 1, got {samples!r}")
     run_dir, out_path = Path(run_dir), Path(out_path)
     cfg = load_run_config(run_dir)
     store = EpisodeStore.open(dataset or cfg.dataset, mode="r")
     agent = load_policy(run_dir)
+    check_trained_on(run_dir, store, dataset or cfg.dataset)
     robot = store.robot
     missing = [k for k in ("action_low", "action_high", "observation_layout") if k not in robot]
     if missing:
@@ -82,6 +88,7 @@ def export_policy(run_dir: str | Path, out_path: str | Path, *, dataset: str | N
         "robot_stack_format": FORMAT_VERSION,
         "task": store.task,
         "robot_name": robot.get("name", store.task),
+        "command_interface": robot.get("command_interface"),
         "obs_dim": obs_dim,
         "act_dim": act_dim,
         "observation_layout": robot["observation_layout"],

@@ -3,14 +3,18 @@ checked against the robot, and the safety logic between the policy and the actua
 
     policy = OnnxPolicy("policy.onnx", provider="auto")      # logs the provider in use
     check_compatible(policy.metadata, spec.robot_description(), "config/robot_cheetah_sim.yaml")
-    runner = PolicyRunner(policy, policy.metadata.action_low, policy.metadata.action_high,
-                          SafetyConfig(stale_timeout_s=0.1, safe_action="hold"))
+    runner = PolicyRunner(policy, spec.action.low, spec.action.high,
+                          SafetyConfig(spec.action.command_interface, stale_timeout_s=0.1),
+                          position_index=spec.commanded_positions())   # position interface only
     runner.observe(obs)            # on every observation
-    command = runner.step()        # once per control tick: always an action within bounds
+    command = runner.step()        # once per control tick: an action within bounds
 
 Every tick returns an action: the policy's (clipped, optionally rate limited) or the safe action
-(hold the last command, or zero clipped to the bounds) when the controller is disabled or
-e-stopped, the observation is missing, stale or not finite, or the policy output is not finite.
+when the controller is disabled or e-stopped, the observation is missing, stale or not finite,
+or the policy output is not finite. The safe action stops the robot for its command interface:
+position -> the joints' positions measured at the moment of the stop, held for the whole stop;
+velocity and effort -> zero (clipped to the bounds). Holding the last command would not stop a
+velocity or effort robot: it keeps driving it.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from robot_stack.errors import ConfigError
+from robot_stack.spec import COMMAND_INTERFACES, POSITION, check_positive
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +42,6 @@ FORMAT_VERSION = 1
 TENSORRT, CUDA, CPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                        "CPUExecutionProvider")
 ORT_DEFAULT_LOG_SEVERITY = 2  # warnings and above
-SAFE_ACTIONS = ("hold", "zero")
 # Reasons for a safe action, as counted in PolicyRunner.safe_actions.
 DISABLED, ESTOP, NO_OBSERVATION, STALE, BAD_OBSERVATION, BAD_OUTPUT = (
     "disabled", "estop", "no_observation", "stale_observation", "bad_observation", "bad_output")
@@ -58,6 +62,7 @@ class PolicyMetadata:
     training_run: str
     dataset: str
     dataset_fingerprint: str
+    command_interface: str | None  # None in models exported before it was recorded
     raw: dict  # every metadata entry, decoded
 
     @classmethod
@@ -75,7 +80,8 @@ class PolicyMetadata:
                        raw["observation_layout"], raw["joint_names"],
                        np.asarray(raw["action_low"], np.float64),
                        np.asarray(raw["action_high"], np.float64), float(raw["control_rate_hz"]),
-                       raw["training_run"], raw["dataset"], raw["dataset_fingerprint"], raw)
+                       raw["training_run"], raw["dataset"], raw["dataset_fingerprint"],
+                       raw.get("command_interface"), raw)
         except KeyError as e:
             raise ConfigError(f"{origin}: metadata lacks {e}") from None
 
@@ -103,6 +109,9 @@ def check_compatible(metadata: PolicyMetadata, robot: dict, robot_origin: str) -
         problems.append(f"action bounds: model low {metadata.action_low.tolist()} high "
                         f"{metadata.action_high.tolist()}, robot low {low.tolist()} high "
                         f"{high.tolist()}")
+    interface = robot.get("command_interface")
+    if metadata.command_interface and interface and metadata.command_interface != interface:
+        problems.append(f"command interface: model {metadata.command_interface}, robot {interface}")
     if problems:
         raise ConfigError(f"policy (task {metadata.task}, trained on {metadata.dataset}) does not "
                           f"match {robot_origin}: " + "; ".join(problems))
@@ -165,6 +174,13 @@ class OnnxPolicy:
             raise ConfigError(f"{path}: expected input {INPUT_NAME!r} and output "
                               f"{OUTPUT_NAME!r}, got {[i.name for i in inputs]} -> "
                               f"{[o.name for o in outputs]}")
+        # Checked here, before the first run: onnxruntime would fail it with a multi-line
+        # error about the input or output buffer.
+        for what, node, size in (("obs_dim", inputs[0], self.metadata.obs_dim),
+                                 ("act_dim", outputs[0], self.metadata.act_dim)):
+            if isinstance(node.shape[-1], int) and node.shape[-1] != size:
+                raise ConfigError(f"{path}: metadata {what} {size} disagrees with the graph's "
+                                  f"{node.name} of size {node.shape[-1]}")
         # A tick's single observation runs through an I/O binding with preallocated buffers,
         # which saves the per-call allocations of session.run (~15% of a call on a cold
         # core). The CPU provider reads the bound input buffer in place, so it is bound once
@@ -209,18 +225,18 @@ def all_finite(values: np.ndarray) -> bool:
 
 @dataclass
 class SafetyConfig:
+    command_interface: str | None    # position | velocity | effort: decides the safe action
     stale_timeout_s: float = 0.1     # an observation older than this gives the safe action
-    safe_action: str = "hold"        # hold the last command, or zero (clipped to the bounds)
     max_delta: float | None = None   # largest change of any command value per tick, or None
 
     def validate(self) -> None:
-        if self.safe_action not in SAFE_ACTIONS:
-            raise ConfigError(f"safe_action must be one of {SAFE_ACTIONS}, got "
-                              f"{self.safe_action!r}")
-        if not self.stale_timeout_s > 0:
-            raise ConfigError(f"stale_timeout_s must be > 0, got {self.stale_timeout_s}")
-        if self.max_delta is not None and not self.max_delta > 0:
-            raise ConfigError(f"max_delta must be > 0 or None, got {self.max_delta}")
+        if self.command_interface not in COMMAND_INTERFACES:
+            raise ConfigError(f"the robot spec's action.command_interface must be one of "
+                              f"{COMMAND_INTERFACES}, got {self.command_interface!r}: the safe "
+                              "action that stops the robot depends on it")
+        check_positive("stale_timeout_s", self.stale_timeout_s)
+        if self.max_delta is not None:
+            check_positive("max_delta", self.max_delta)
 
 
 class LatencyStats:
@@ -263,20 +279,34 @@ def _percentiles(values: np.ndarray, qs) -> list[float]:
 class PolicyRunner:
     """Turns observations into commands each tick, falling back to the safe action.
 
+    `position_index` (position interface only): the observation indices of the measured
+    positions of the commanded joints, in action order (RobotSpec.commanded_positions()).
     Not thread-safe by itself: the caller serialises observe/step/enable/estop (one lock).
     """
 
     def __init__(self, policy: Callable[[np.ndarray], np.ndarray], action_low, action_high,
-                 config: SafetyConfig, clock: Callable[[], float] = time.monotonic):
+                 config: SafetyConfig, position_index=None,
+                 clock: Callable[[], float] = time.monotonic):
         config.validate()
         self.policy, self.config, self.clock = policy, config, clock
         self.low = np.asarray(action_low, np.float64)
         self.high = np.asarray(action_high, np.float64)
+        self.holds_position = config.command_interface == POSITION
+        if self.holds_position:
+            if position_index is None or len(position_index) != len(self.low):
+                raise ConfigError("a position interface needs the observation index of each "
+                                  "commanded joint's measured position")
+            self.position_index = np.asarray(position_index, np.intp)
         self.zero = np.clip(np.zeros_like(self.low), self.low, self.high)
-        self.last_command = self.zero.copy()
+        # The command the actuators were last given; None while a position robot was never
+        # commanded (zero is a position there, not a stop).
+        self.last_command: np.ndarray | None = None if self.holds_position else self.zero.copy()
+        self.stop_command: np.ndarray | None = None  # the safe action of the current stop
         self.enabled = True
         self.estopped = False
         self.observation: np.ndarray | None = None
+        self.observation_finite = False
+        self.measured: np.ndarray | None = None  # the newest finite observation
         self.observation_time: float | None = None
         self.observation_problem: str | None = None
         self.ticks = 0
@@ -294,6 +324,9 @@ class PolicyRunner:
         """The newest observation, or `problem` when the message could not make one."""
         self.observation_time = self.clock() if now is None else now
         self.observation = None if observation is None else np.asarray(observation)
+        self.observation_finite = self.observation is not None and all_finite(self.observation)
+        if self.observation_finite:
+            self.measured = self.observation
         self.observation_problem = problem
 
     def set_enabled(self, enabled: bool) -> str:
@@ -315,8 +348,10 @@ class PolicyRunner:
         return was
 
     # ----- the tick -----
-    def step(self, now: float | None = None) -> np.ndarray:
-        """The command for this tick (float64, within bounds). Never raises for bad data."""
+    def step(self, now: float | None = None) -> np.ndarray | None:
+        """The command for this tick (float64, within bounds). Never raises for bad data.
+        None only for a position interface that has not measured its joints yet: there is
+        no command that stops it then, so none is sent."""
         now = self.clock() if now is None else now
         self.ticks += 1
         reason = self._blocked(now)
@@ -333,8 +368,10 @@ class PolicyRunner:
         if (command != raw).any():
             self.clipped += 1
         if self.config.max_delta is not None:
-            limited = np.minimum(np.maximum(command, self.last_command - self.config.max_delta),
-                                 self.last_command + self.config.max_delta)
+            # A position robot never commanded before is where it was measured.
+            previous = self.last_command if self.last_command is not None else self._held()
+            limited = np.minimum(np.maximum(command, previous - self.config.max_delta),
+                                 previous + self.config.max_delta)
             if (limited != command).any():
                 self.rate_limited += 1
             command = limited
@@ -352,17 +389,29 @@ class PolicyRunner:
             return NO_OBSERVATION
         if now - self.observation_time > self.config.stale_timeout_s:
             return STALE
-        if self.observation is None or not all_finite(self.observation):
+        if not self.observation_finite:
             return BAD_OBSERVATION
         return None
 
-    def _safe(self, reason: str) -> np.ndarray:
-        # Not rate limited: a stop must take effect within this tick.
+    def _safe(self, reason: str) -> np.ndarray | None:
+        # Not rate limited: a stop must take effect within this tick. Its command is fixed
+        # when the stop begins (a position robot holds where it was then, not where later
+        # observations say it drifted to), or, for a position robot, once it is measured.
         self.safe_actions[reason] += 1
+        if self.last_reason is None or self.stop_command is None:
+            self.stop_command = self._held() if self.holds_position else self.zero
         self.last_reason = reason
-        if self.config.safe_action == "zero":
-            self.last_command = self.zero.copy()
-        return self.last_command.copy()
+        if self.stop_command is None:
+            return None
+        self.last_command = self.stop_command
+        return self.stop_command.copy()
+
+    def _held(self) -> np.ndarray | None:
+        """The commanded joints' newest measured positions within the bounds, or None."""
+        if self.measured is None:
+            return None
+        positions = np.asarray(self.measured[self.position_index], np.float64)
+        return np.minimum(np.maximum(positions, self.low), self.high)
 
     def status(self) -> dict:
         return {
@@ -379,7 +428,8 @@ class PolicyRunner:
             "rate_limited": self.rate_limited,
             "inference": self.inference.summary(),
             "loop": self.loop.summary(),
-            "command": self.last_command.tolist(),
+            "command_interface": self.config.command_interface,
+            "command": None if self.last_command is None else self.last_command.tolist(),
         }
 
 

@@ -92,7 +92,71 @@ def load_reward_fn(spec: str) -> Callable:
         raise ConfigError(f"cannot load reward function {spec!r}: {e}") from e
     if not callable(fn):
         raise ConfigError(f"reward function {spec!r} is not callable")
-    return fn
+    return checked_reward_fn(fn, spec)
+
+
+def checked_reward_fn(fn: Callable, spec: str) -> Callable:
+    """`fn` with its failures and malformed results as one-line ConfigErrors naming it: a
+    user's function fails in user code, and its traceback says nothing about our contract."""
+
+    def reward_fn(obs, act, next_obs):
+        try:
+            result = fn(obs, act, next_obs)
+        except Exception as e:
+            raise ConfigError(f"reward function {spec} raised {type(e).__name__}: "
+                              f"{_first_line(e)}") from None
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise ConfigError(f"reward function {spec} must return a pair (reward, terminal or "
+                              f"None), got {type(result).__name__}")
+        reward, terminal = result
+        try:
+            reward = np.asarray(reward, dtype=np.float64)
+            terminal = None if terminal is None else np.asarray(terminal, dtype=bool)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"reward function {spec} returned values that are not numbers: "
+                              f"{_first_line(e)}") from None
+        n = len(obs)
+        if reward.shape != (n,) or (terminal is not None and terminal.shape != (n,)):
+            raise ConfigError(f"reward function {spec} must return {n} rewards and {n} terminal "
+                              f"flags (or None) for {n} transitions, got shapes {reward.shape} "
+                              f"and {None if terminal is None else terminal.shape}")
+        if not np.isfinite(reward).all():
+            raise ConfigError(f"reward function {spec} returned NaN or infinite rewards")
+        return reward, terminal
+
+    return reward_fn
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless torch can put a tensor on `device` (a CUDA device without a GPU,
+    or a name torch does not know)."""
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as e:  # torch raises both for unusable devices
+        raise ConfigError(f"--device {device!r} cannot be used here: {_first_line(e)}") from None
+
+
+def check_dataset_fingerprint(trained_on: dict, store, path: str) -> None:
+    """ConfigError unless `store` holds the data a run was trained on (`trained_on`: its
+    checkpoint's `dataset` entry). Runs saved before fingerprints were recorded pass."""
+    from robot_stack.learn.trajectories import dataset_fingerprint
+
+    expected = trained_on.get("fingerprint")
+    actual = dataset_fingerprint(store)
+    if expected is not None and actual != expected:
+        raise ConfigError(f"dataset {path} (task {store.task}, fingerprint {actual}) is not the "
+                          f"data the run was trained on ({trained_on['path']}, task "
+                          f"{trained_on['task']}, fingerprint {expected})")
+
+
+def check_trained_on(run_dir: str | Path, store, path: str) -> None:
+    """check_dataset_fingerprint against the run's checkpoint."""
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    check_dataset_fingerprint(state["dataset"], store, path)
 
 
 def resolve_reward_fn(cfg: TrainConfig, store) -> Callable | None:
@@ -272,8 +336,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     from robot_stack.data import EpisodeStore
     from robot_stack.learn.evaluate import evaluate_policy, is_sim_task
     from robot_stack.learn.replay import ReplaySampler, TransitionBuffer
+    from robot_stack.learn.trajectories import dataset_fingerprint
 
     cfg.validate()
+    check_device(cfg.device)
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -302,6 +368,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     synthetic, regen_round, step = None, 0, 0
     if resume:
         state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
+        check_dataset_fingerprint(state["dataset"], store, cfg.dataset)
         agent.load_state_dict(state["agent"])
         sampler.load_state_dict(state["sampler"])
         step, regen_round = state["step"], state["regen_round"]
@@ -310,13 +377,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         log(f"resuming {run_dir} at step {step}")
     metrics = MetricsLog(run_dir)
     metrics.truncate_after(step)
+    fingerprint = dataset_fingerprint(store)
 
     def checkpoint() -> None:
         _save_checkpoint(checkpoint_path, {
             "agent": agent.state_dict(), "sampler": sampler.state_dict(), "step": step,
             "regen_round": regen_round, "config": dataclasses.asdict(cfg),
             "synthetic": None if synthetic is None else [t.cpu() for t in synthetic.all()],
-            "dataset": {"path": cfg.dataset, "task": store.task, "n_steps": store.n_steps},
+            "dataset": {"path": cfg.dataset, "task": store.task, "n_steps": store.n_steps,
+                        "fingerprint": fingerprint},
             "dims": {"obs": buffer.obs_dim, "act": buffer.act_dim},
         })
 

@@ -113,6 +113,8 @@ def dataset_fingerprint(store) -> str:
     h = hashlib.sha256()
     h.update(np.asarray(store.episode_ends, dtype=np.int64).tobytes())
     for key in ("observation", "action", "reward"):
+        if key not in store.keys:  # recordings without a reward signal
+            continue
         h.update(np.asarray(store.stats()[key]["mean"], dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
