@@ -727,8 +727,9 @@ class Recorder:
     def _answer_commits(self, wait_s: float) -> tuple[bool, str]:
         """(ok, message) for a service that handed commits to the writer: the confirmations,
         or "commit pending" for those the writer has not answered within wait_s."""
+        failed_before = self.counters.episodes_failed
         messages = self.confirm_commits(wait_s)
-        failed = any(" NOT committed: " in m for m in messages)
+        failed = self.counters.episodes_failed > failed_before
         if self._commits:
             steps = sum(steps for _, steps, _ in self._commits)
             messages.append(f"commit pending: {len(self._commits)} episode(s) of {steps} steps "
