@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from robot_stack.data import EpisodeStore, check
 from robot_stack.data.continuity import episode_gaps
