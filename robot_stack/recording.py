@@ -227,6 +227,45 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+class _LazyEpisode:
+    """An episode that is begun in the store only once it has OPEN_AFTER_STEPS steps or a flush
+    or commit is due: a part discarded at once (a short part before a gap) costs the store
+    nothing, which matters when losses come in runs (each begin reads the last committed chunk
+    of every key back from disk)."""
+
+    OPEN_AFTER_STEPS = 16  # above min_part_steps' default; bounded memory with images
+
+    def __init__(self, store, source: str, start_time: float):
+        self._store, self._source, self._start_time = store, source, start_time
+        self._steps: list[dict] = []
+        self._episode = None
+
+    def _open(self):
+        if self._episode is None:
+            self._episode = self._store.begin_episode(source=self._source,
+                                                      start_time=self._start_time)
+            for step in self._steps:
+                self._episode.add_step(step)
+            self._steps = []
+        return self._episode
+
+    def add_step(self, step: dict) -> None:
+        if self._episode is None and len(self._steps) + 1 < self.OPEN_AFTER_STEPS:
+            self._steps.append(step)
+        else:
+            self._open().add_step(step)
+
+    def flush(self) -> None:
+        self._open().flush()
+
+    def commit(self, success: bool | None) -> int:
+        return self._open().commit(success=success)
+
+    def discard(self) -> None:
+        if self._episode is not None:
+            self._episode.discard()
+
+
 class StoreWriterThread:
     """Runs the episode store's streaming writer on its own thread.
 
@@ -313,7 +352,7 @@ class StoreWriterThread:
                     next_flush = time.monotonic() + self._flush_period_s
                 if op == "begin":
                     failure = ""
-                    episode = self._store.begin_episode(source=arg[0], start_time=arg[1])
+                    episode = _LazyEpisode(self._store, *arg)
                 elif op == "step" and episode is not None:
                     episode.add_step(arg[0])
                     self._note_latency(time.monotonic() - arg[1])
@@ -688,8 +727,9 @@ class Recorder:
     def _answer_commits(self, wait_s: float) -> tuple[bool, str]:
         """(ok, message) for a service that handed commits to the writer: the confirmations,
         or "commit pending" for those the writer has not answered within wait_s."""
+        failed_before = self.counters.episodes_failed
         messages = self.confirm_commits(wait_s)
-        failed = any(" NOT committed: " in m for m in messages)
+        failed = self.counters.episodes_failed > failed_before
         if self._commits:
             steps = sum(steps for _, steps, _ in self._commits)
             messages.append(f"commit pending: {len(self._commits)} episode(s) of {steps} steps "

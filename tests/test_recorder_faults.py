@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from robot_stack.data import EpisodeStore, check
 from robot_stack.data.continuity import episode_gaps
@@ -78,38 +77,66 @@ def fill(disk):
     return path
 
 
+def wait_until(condition, what):
+    """Polls a condition on real state (files, the writer) for up to 20 s."""
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def committed_on_disk(path):
+    store = EpisodeStore.open(path)
+    try:
+        return store.n_episodes
+    finally:
+        store.close()
+
+
 def test_a_full_disk_fails_the_episode_loudly_keeps_the_committed_ones_and_recovers(small_disk):
-    spec = spec_from_dict(copy.deepcopy(SPEC))
-    rec, notes = recorder_on(open_store(small_disk / "d.zarr", spec))
+    spec, path = spec_from_dict(copy.deepcopy(SPEC)), small_disk / "d.zarr"
+    rec, notes = recorder_on(open_store(path, spec))
     t = record_timer_episode(rec, 1.0, 5)
-    assert rec.stop_episode(True, t, wait_s=10.0) == (True, "committed episode 0 (5 steps)")
-    first = EpisodeStore.open(small_disk / "d.zarr").episode(0)
+    rec.stop_episode(True, t)
+    wait_until(lambda: committed_on_disk(path) == 1, "episode 0 on disk")
+    first = EpisodeStore.open(path).episode(0)
 
     filler = fill(small_disk)
     t = record_timer_episode(rec, t + 1.0, 5)
-    ok, message = rec.stop_episode(True, t, wait_s=10.0)
-    assert not ok and message.startswith("episode of 5 steps NOT committed: commit: OSError")
-    assert "No space left on device" in message
-    assert notes[-1] == (message, True)  # logged at error level
-    status = rec.status(t)
-    assert status["episodes_committed"] == 1 and status["episodes_failed"] == 1
-    assert status["episode"] == 1 and "No space left on device" in status["writer_error"]
-    # The next episode, still on a full disk, fails as well, and says so.
-    t = record_timer_episode(rec, t + 1.0, 3)
-    ok, message = rec.stop_episode(None, t, wait_s=10.0)
-    assert not ok and "NOT committed" in message and "No space left" in message
-
+    rec.stop_episode(True, t)
+    wait_until(lambda: rec.writer.error, "the write to fail")
+    assert "No space left on device" in rec.writer.error
     filler.unlink()  # space returns: the recorder recovers by itself
     t = record_timer_episode(rec, t + 1.0, 4)
-    assert rec.stop_episode(False, t, wait_s=10.0) == (True, "committed episode 1 (4 steps)")
-    assert rec.status(t)["writer_error"] == ""
+    rec.stop_episode(False, t)
     rec.shutdown()
-    store = EpisodeStore.open(small_disk / "d.zarr")
+    store = EpisodeStore.open(path)
     assert store.n_episodes == 2 and store.episode_meta["length"].tolist() == [5, 4]
     for key, values in store.episode(0).items():  # committed before the failure: intact
         np.testing.assert_array_equal(values, first[key], err_msg=key)
     store.close()
-    assert check(small_disk / "d.zarr").ok
+    assert check(path).ok
+    # Reported as it happened: the failed episode at error level, never as committed.
+    assert [(m.split(":")[0], error) for m, error in notes] == [
+        ("committed episode 0 (5 steps)", False), ("episode of 5 steps NOT committed", True),
+        ("committed episode 1 (4 steps)", False)]
+    assert "No space left on device" in notes[1][0]
+    status = rec.status(t)
+    assert (status["episodes_committed"], status["episodes_failed"], status["episode"]) == (
+        2, 1, 2)
+    assert status["writer_error"] == ""
+
+
+def test_the_stop_service_answers_that_a_commit_failed(small_disk):
+    spec = spec_from_dict(copy.deepcopy(SPEC))
+    rec, notes = recorder_on(open_store(small_disk / "d.zarr", spec))
+    fill(small_disk)
+    t = record_timer_episode(rec, 1.0, 3)
+    ok, message = rec.stop_episode(None, t, wait_s=10.0)
+    assert not ok and message.startswith("episode of 3 steps NOT committed: commit: OSError")
+    assert "No space left on device" in message and notes == [(message, True)]
+    assert "No space left on device" in rec.status(t)["writer_error"]
+    rec.shutdown()
 
 
 class SlowDisk:
