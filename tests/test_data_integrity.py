@@ -121,6 +121,15 @@ def test_damaged_chunk_is_named_in_one_line_by_every_verb(dataset, trained_run, 
         assert not (tmp_path / "p.onnx").exists()
 
 
+def test_a_flipped_bit_is_caught_by_the_chunk_checksum(dataset):
+    chunk = dataset / "data/action/c/0/0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10  # silent corruption: same size, still a valid-looking file
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="data/action/c/0/0 is damaged.*checksum"):
+        EpisodeStore.open(dataset).read("action")
+
+
 def test_dataset_without_checksums_reads_as_before_and_names_a_truncated_chunk(dataset):
     observation = EpisodeStore.open(dataset).read("observation")
     # as written before chunks carried a crc32c: zarr's default codecs
