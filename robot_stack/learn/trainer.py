@@ -15,18 +15,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gc
-import importlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from robot_stack.errors import ConfigError, DatasetError
+from robot_stack.action_space import ActionSpace
+from robot_stack.errors import ConfigError
 
 ALGOS = ("td3bc", "iql")
 SYNTHETIC_KINDS = ("none", "diffusion", "pgd", "world-model")
@@ -46,7 +46,9 @@ class TrainConfig:
     log_every: int = 1_000
     checkpoint_every: int = 10_000
     batch_size: int = 256
-    reward: str | None = None        # "module:function" computing rewards at load time
+    reward: str | None = None        # "success" or "module:function" computing rewards (rewards.py)
+    # Overrides of the agent's hyperparameters (TD3BCConfig / IQLConfig fields), e.g. {"alpha": 10}
+    agent_params: dict = field(default_factory=dict)
     # Synthetic data (pgd-method.md; the reference sizes are shrunk for a CPU).
     synthetic_fraction: float = 0.5  # share of each batch (reference: 240/256)
     regen_every: int = 10_000        # agent steps between buffer regenerations
@@ -79,63 +81,82 @@ class TrainConfig:
             raise ConfigError(f"--synthetic-fraction must be in [0, 1), got {self.synthetic_fraction}")
         if self.synthetic != "none" and self.synthetic_size < 1:
             raise ConfigError("--synthetic-size must be >= 1")
+        settable = agent_param_types(self.algo)
+        unknown = sorted(set(self.agent_params) - set(settable))
+        if unknown:
+            raise ConfigError(f"unknown --agent-param {', '.join(unknown)} for {self.algo}: choose from "
+                              f"{', '.join(settable)}")
 
 
-def load_reward_fn(spec: str) -> Callable:
-    """Import "package.module:function"; it is called as fn(obs, act, next_obs) -> (reward, terminal|None)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"--reward must look like module:function, got {spec!r}")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load reward function {spec!r}: {e}") from e
-    if not callable(fn):
-        raise ConfigError(f"reward function {spec!r} is not callable")
-    return fn
+# Set by the trainer from its own options (--batch-size, --steps), not by --agent-param.
+TRAINER_SET_PARAMS = ("batch_size", "max_steps")
 
 
-def resolve_reward_fn(cfg: TrainConfig, store) -> Callable | None:
-    """The reward function to apply at load time, or None to use the stored rewards.
+def agent_config_class(algo: str):
+    if algo == "td3bc":
+        from robot_stack.learn.td3bc import TD3BCConfig
 
-    Recordings made without a reward stream have no `reward` key; for those the user names a
-    function, or the dataset's task is a sim task, which ships its own.
-    """
-    if cfg.reward:
-        return load_reward_fn(cfg.reward)
-    if "reward" in store.keys:
-        return None
-    from robot_stack.learn.evaluate import is_sim_task
+        return TD3BCConfig
+    from robot_stack.learn.iql import IQLConfig
 
-    if is_sim_task(store.task):
-        from sim.rewards import task_reward_fn
+    return IQLConfig
 
-        return task_reward_fn(store.task)
-    raise DatasetError(
-        f"dataset {cfg.dataset} has no rewards (task {store.task!r} is not a sim task that ships "
-        "a reward): pass --reward module:function computing (reward, terminal) from "
-        "(observation, action, next_observation)")
+
+def agent_param_types(algo: str) -> dict[str, type]:
+    """The agent hyperparameters --agent-param may set, with the type of each."""
+    if algo not in ALGOS:
+        return {}
+    defaults = agent_config_class(algo)()
+    return {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(defaults)
+            if f.name not in TRAINER_SET_PARAMS}
+
+
+def parse_agent_params(algo: str, assignments: list[str]) -> dict:
+    """["alpha=10", "hidden_dims=64,64"] -> {"alpha": 10.0, "hidden_dims": [64, 64]}, typed
+    like the agent config's fields."""
+    types, params = agent_param_types(algo), {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in types:
+            raise ConfigError(f"--agent-param wants NAME=VALUE with NAME one of {', '.join(types)} "
+                              f"({algo}), got {assignment!r}")
+        kind = types[name]
+        try:
+            if kind is tuple:
+                params[name] = [int(x) for x in text.split(",")]
+            elif kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                params[name] = text.lower() in ("true", "1")
+            else:
+                params[name] = kind(text)
+        except ValueError:
+            raise ConfigError(f"--agent-param {name}: {text!r} is not a valid {kind.__name__}") from None
+    return params
 
 
 def agent_config(cfg: TrainConfig, buffer) -> dict:
-    """The agent's hyperparameters: reference defaults, with the run's batch size and schedule."""
+    """The agent's hyperparameters: reference defaults, with the run's batch size and schedule,
+    then the run's --agent-param overrides."""
     if cfg.algo == "td3bc":
-        return {"batch_size": cfg.batch_size}
+        return {"batch_size": cfg.batch_size, **cfg.agent_params}
     from robot_stack.learn.iql import return_range_reward_scale
 
     returns = buffer.episode_returns
     scale = return_range_reward_scale(returns) if len(returns) > 1 and np.ptp(returns) > 0 else 1.0
-    return {"batch_size": cfg.batch_size, "max_steps": cfg.steps, "reward_scale": scale}
+    return {"batch_size": cfg.batch_size, "max_steps": cfg.steps, "reward_scale": scale,
+            **cfg.agent_params}
 
 
 def build_agent(algo: str, act_dim: int, obs_mean: np.ndarray, obs_std: np.ndarray, config: dict,
                 seed: int = 0, device: str = "cpu"):
     if algo == "td3bc":
-        from robot_stack.learn.td3bc import TD3BC as Agent, TD3BCConfig as Config
+        from robot_stack.learn.td3bc import TD3BC as Agent
     else:
-        from robot_stack.learn.iql import IQL as Agent, IQLConfig as Config
+        from robot_stack.learn.iql import IQL as Agent
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return Agent(act_dim, obs_mean, obs_std, Config(**config), seed=seed, device=device)
+    return Agent(act_dim, obs_mean, obs_std, agent_config_class(algo)(**config), seed=seed, device=device)
 
 
 class SyntheticSource:
@@ -164,14 +185,15 @@ class SyntheticSource:
 
             log("training the world-model ensemble")
             return fit_world_model(cfg.dataset, directory,
-                                   WorldModelConfig(rollout_horizon=cfg.rollout_horizon, seed=cfg.seed), log)
+                                   WorldModelConfig(rollout_horizon=cfg.rollout_horizon, seed=cfg.seed), log,
+                                   reward=cfg.reward)
         from robot_stack.learn.edm import DiffusionConfig, fit_diffusion
 
         log(f"training the trajectory diffusion model ({cfg.generator_steps} steps)")
         return fit_diffusion(cfg.dataset, directory,
                              DiffusionConfig(horizon=cfg.horizon, train_steps=cfg.generator_steps,
                                              sample_steps=cfg.sample_steps, seed=cfg.seed),
-                             log, log_every=max(1, cfg.generator_steps // 10))
+                             log, log_every=max(1, cfg.generator_steps // 10), reward=cfg.reward)
 
     def fill(self, actor, round_index: int):
         """A new TransitionBuffer; `round_index` seeds it and decides guidance (round 0: none)."""
@@ -288,7 +310,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     eval_task = cfg.eval_task or (store.task if is_sim_task(store.task) else None)
     if cfg.eval_task and not is_sim_task(cfg.eval_task):
         raise ConfigError(f"--eval-task {cfg.eval_task!r} is not a sim task")
-    buffer = TransitionBuffer.from_store(store, resolve_reward_fn(cfg, store), device=cfg.device)
+    action_space = ActionSpace.of_store(store)
+    if eval_task:
+        from sim import make_task
+
+        task_bounds = make_task(eval_task).action_space.to_dict()
+        if task_bounds != action_space.to_dict():
+            raise ConfigError(f"--eval-task {eval_task} takes actions in {task_bounds}, the dataset's "
+                              f"robot in {action_space.to_dict()}")
+    buffer = TransitionBuffer.from_store(store, cfg.reward, device=cfg.device)
     obs_stats = store.stats()["observation"]
     agent = build_agent(cfg.algo, buffer.act_dim, obs_stats["mean"], obs_stats["std"],
                         agent_config(cfg, buffer), seed=cfg.seed, device=cfg.device)
@@ -343,7 +373,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             values["updates_per_s"] = cfg.log_every / max(time.perf_counter() - start, 1e-9)
             losses, start = {}, time.perf_counter()
             if eval_task and (step % cfg.eval_every == 0 or step == cfg.steps):
-                last_eval = evaluate_policy(agent.act, eval_task, cfg.eval_episodes, seed=10_000)
+                # The agent acts in [-1, 1]; the task takes the robot's units.
+                last_eval = evaluate_policy(lambda obs: action_space.to_robot(agent.act(obs)), eval_task,
+                                            cfg.eval_episodes, seed=10_000)
                 values["mean_return"] = last_eval["mean_return"]
                 values["normalized_return"] = last_eval["normalized_return"]
                 bar.set_postfix(norm_return=f"{last_eval['normalized_return']:.1f}")
