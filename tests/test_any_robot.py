@@ -17,8 +17,11 @@ from robot_stack.cli import main as robot_stack
 from robot_stack.data import EpisodeStore, standard_keys
 from robot_stack.deploy.runtime import INPUT_NAME, OUTPUT_NAME
 from robot_stack.errors import DatasetError
-from robot_stack.learn.synthetic import load_generator
+from robot_stack.learn.edm import DiffusionConfig, DiffusionGenerator, fit_diffusion
+from robot_stack.learn.synthetic import generate, load_generator
 from robot_stack.learn.trainer import load_policy
+from robot_stack.learn.unet1d import UNet1DConfig
+from robot_stack.learn.world_model import WorldModelConfig, fit_world_model
 
 SCALED = "cheetah-run-scaled"
 LOW = np.array([0.0, -2.9, -0.5, 0.0, -2.9, -0.5])
@@ -29,9 +32,10 @@ BOUNDS_SLACK = 1e-6  # float32 storage of a bound such as -2.9 lies up to 1e-7 o
 
 
 def run_args(dataset, out, steps: int, *extra: str) -> list[str]:
+    """A short run; the trainer evaluates once, at the end, for one episode."""
     return ["train", "--dataset", str(dataset), "--out", str(out), "--steps", str(steps),
             "--log-every", str(steps), "--checkpoint-every", str(steps), "--eval-every", "1000000",
-            "--quiet", *extra]
+            "--eval-episodes", "1", "--quiet", *extra]
 
 
 def onnx_actions(path, observations: np.ndarray) -> np.ndarray:
@@ -97,7 +101,7 @@ def test_collected_actions_are_in_robot_units(scaled_dataset):
     actions = EpisodeStore.open(str(scaled_dataset)).read("action")
     assert in_bounds(actions)
     # The gripper dims live in [0, 0.04]; the joint dims use more than [-1, 1].
-    assert actions[:, [0, 3]].max() <= 0.04 + 1e-7 and actions[:, [0, 3]].ptp(axis=0).min() > 0.01
+    assert actions[:, [0, 3]].max() <= 0.04 + 1e-7 and np.ptp(actions[:, [0, 3]], axis=0).min() > 0.01
     assert np.abs(actions[:, [1, 4]]).max() > 1.5
 
 
@@ -107,14 +111,16 @@ def test_collected_actions_are_in_robot_units(scaled_dataset):
 ])
 def test_exported_policy_commands_the_datasets_actions_in_robot_units(scaled_dataset, tmp_path, algo, extra):
     run, policy = tmp_path / "run", tmp_path / "policy.onnx"
-    assert robot_stack(run_args(scaled_dataset, run, 3000, "--algo", algo, *SMALL_NETS, *extra)) == 0
+    assert robot_stack(run_args(scaled_dataset, run, 1000, "--algo", algo, "--batch-size", "128",
+                                *SMALL_NETS, *extra)) == 0
     assert robot_stack(["export", str(run), "--out", str(policy)]) == 0
     store = EpisodeStore.open(str(scaled_dataset))
     observations, actions = store.read("observation"), store.read("action")
     commands = onnx_actions(policy, observations)
     assert in_bounds(commands)
     error = np.abs(commands - actions).mean(axis=0) / (HIGH - LOW)
-    # behaviour cloning of a noise-free scripted policy: within 8% of each dimension's range
+    # behaviour cloning of a noise-free scripted policy: mean error within 8% of each dimension's
+    # range (measured 2-3.5%)
     assert error.max() < 0.08, error
     # the one mapping to robot units is in the graph: the torch actor itself acts in [-1, 1]
     with torch.no_grad():
@@ -125,22 +131,34 @@ def test_exported_policy_commands_the_datasets_actions_in_robot_units(scaled_dat
 
 
 def test_pgd_samples_are_in_robot_units_and_follow_the_dynamics(scaled_dataset, tmp_path, capsys):
-    run, generator, synthetic = tmp_path / "run", tmp_path / "gen", tmp_path / "pgd.zarr"
-    assert robot_stack(run_args(scaled_dataset, run, 300, *SMALL_NETS)) == 0
-    assert robot_stack(["train-generator", "--kind", "diffusion", "--dataset", str(scaled_dataset),
-                        "--out", str(generator), "--steps", "600", "--horizon", "16",
-                        "--sample-steps", "16"]) == 0
+    run, generator = tmp_path / "run", tmp_path / "gen"
+    assert robot_stack(run_args(scaled_dataset, run, 100, "--batch-size", "128", *SMALL_NETS)) == 0
+    # test_generators' small denoiser: the CLI's default one trains too slowly for a test
+    trained = fit_diffusion(scaled_dataset, generator, DiffusionConfig(
+        horizon=16, stride=4, unet=UNet1DConfig(base_channels=32, channel_mults=(1, 2)), train_steps=600,
+        sample_steps=16))
+    untrained = DiffusionGenerator(trained.cfg, trained.layout, trained.normalizer, trained.action_space)
+    generate(untrained, episodes=24, out=tmp_path / "untrained.zarr", dataset=scaled_dataset)
+    synthetic = tmp_path / "pgd.zarr"
     assert robot_stack(["generate", "--generator", str(generator), "--policy", str(run), "--guidance",
                         "0.05", "--episodes", "24", "--out", str(synthetic)]) == 0
+
+    real = EpisodeStore.open(str(scaled_dataset)).read("action")
     actions = EpisodeStore.open(str(synthetic)).read("action")
-    assert in_bounds(actions) and np.abs(actions[:, [1, 4]]).max() > 1.5
+    assert in_bounds(actions)
+    # in robot units, distributed as the dataset's (guidance moves them a little): per dimension
+    # mean and std within 20% of the dimension's range (measured up to 13% for the mean)
+    np.testing.assert_array_less(np.abs(actions.mean(0) - real.mean(0)) / (HIGH - LOW), 0.2)
+    np.testing.assert_array_less(np.abs(actions.std(0) - real.std(0)) / (HIGH - LOW), 0.2)
+
     capsys.readouterr()
-    assert robot_stack(["validate", "--data", str(scaled_dataset), "--data", str(synthetic),
-                        "--task", SCALED, "--json"]) == 0
-    real, pgd = json.loads(capsys.readouterr().out)["datasets"]
+    assert robot_stack(["validate", "--data", str(scaled_dataset), "--data", str(synthetic), "--data",
+                        str(tmp_path / "untrained.zarr"), "--task", SCALED, "--policy", str(run), "--json"]) == 0
+    real, pgd, noise = json.loads(capsys.readouterr().out)["datasets"]
     assert real["dynamics_mse"] < 1e-6 and pgd["n_invalid"] == 0
-    # The same samples replayed with their actions left normalised (the scaling lost): far worse.
-    assert pgd["dynamics_mse"] < 0.2, pgd["dynamics_mse"]
+    # one-step replay error in MuJoCo, in units of the data's state variance: measured 0.39 of an
+    # untrained denoiser's with this budget (0.03 with the PGD benchmark's)
+    assert pgd["dynamics_mse"] < 0.6 * noise["dynamics_mse"], (pgd["dynamics_mse"], noise["dynamics_mse"])
 
 
 def test_agent_hyperparameters_are_set_recorded_and_kept_on_resume(scaled_dataset, tmp_path, capsys):
@@ -162,7 +180,7 @@ def test_agent_hyperparameters_are_set_recorded_and_kept_on_resume(scaled_datase
     assert (config["expectile"], config["beta"], config["tau"]) == (0.9, 1.0, 0.02)
 
     capsys.readouterr()
-    for bad, message in ((["--agent-param", "expectile=0.9"], "unknown --agent-param"),
+    for bad, message in ((["--agent-param", "expectile=0.9"], "--agent-param wants NAME=VALUE"),
                          (["--agent-param", "alpha=lots"], "not a valid float"),
                          (["--agent-param", "tau=0"], "tau in (0, 1]")):
         assert robot_stack(run_args(scaled_dataset, tmp_path / "bad", 10, *bad)) == 2
@@ -213,21 +231,23 @@ def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, tmp_p
     assert robot_stack(["data", "check", data]) == 0
 
     run, policy = tmp_path / "run", tmp_path / "policy.onnx"
-    assert robot_stack(run_args(data, run, 200, "--reward", "success", *SMALL_NETS)) == 0
+    assert robot_stack(run_args(data, run, 100, "--reward", "success", *SMALL_NETS)) == 0
     pgd = tmp_path / "pgd"
     assert robot_stack(run_args(data, pgd, 60, "--reward", "success", "--synthetic", "pgd", *SMALL_NETS,
-                                "--generator-steps", "30", "--synthetic-size", "8", "--horizon", "8",
+                                "--generator-steps", "10", "--synthetic-size", "8", "--horizon", "8",
                                 "--sample-steps", "4", "--regen-every", "30")) == 0
     world_model = tmp_path / "wm"
-    assert robot_stack(run_args(data, world_model, 30, "--reward", "success", "--synthetic", "world-model",
-                                *SMALL_NETS, "--synthetic-size", "8", "--regen-every", "30")) == 0
+    fit_world_model(data, world_model, WorldModelConfig(max_epochs=3), reward="success")  # a short fit
+    assert robot_stack(run_args(data, tmp_path / "wm_run", 30, "--reward", "success", "--synthetic",
+                                "world-model", "--generator", str(world_model), *SMALL_NETS,
+                                "--synthetic-size", "8", "--regen-every", "30")) == 0
     # The generators learned the trainer's reward: the success labels, not the (absent) dataset's.
     diffusion = load_generator(pgd / "generator")
     n_successful = int((EpisodeStore.open(data).episode_meta["success"] == 1).sum())
     assert diffusion.source["reward"] == "success"
     assert diffusion.normalizer.mean[diffusion.layout.reward] == pytest.approx(
         n_successful / EpisodeStore.open(data).n_steps)
-    assert load_generator(world_model / "generator").source["reward"] == "success"
+    assert load_generator(world_model).source["reward"] == "success"
 
     assert robot_stack(["export", str(run), "--out", str(policy)]) == 0
     capsys.readouterr()
@@ -237,11 +257,16 @@ def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, tmp_p
 
     generator, synthetic = tmp_path / "gen", tmp_path / "synthetic.zarr"
     assert robot_stack(["train-generator", "--kind", "diffusion", "--dataset", data, "--out", str(generator),
-                        "--steps", "20", "--horizon", "8", "--reward", "success"]) == 0
-    assert robot_stack(["generate", "--generator", str(generator), "--policy", str(run), "--episodes", "4",
+                        "--steps", "5", "--horizon", "8", "--sample-steps", "4", "--reward", "success"]) == 0
+    assert robot_stack(["generate", "--generator", str(generator), "--policy", str(run), "--episodes", "2",
                         "--out", str(synthetic)]) == 0
     assert robot_stack(["validate", "--data", data, "--data", str(synthetic), "--task", "cheetah-run",
                         "--policy", str(run), "--json"]) == 0
+    capsys.readouterr()
+    # a generator that learned other rewards than the run's (here: cheetah-run's own) is refused
+    assert robot_stack(run_args(data, tmp_path / "mixed", 10, "--synthetic", "pgd", "--generator",
+                                str(generator))) == 2
+    assert "learned the rewards of 'success'" in one_error_line(capsys)
 
 
 def test_success_reward_labels_the_final_step_of_successful_episodes(rewardless_dataset):

@@ -162,7 +162,8 @@ def build_agent(algo: str, act_dim: int, obs_mean: np.ndarray, obs_std: np.ndarr
 class SyntheticSource:
     """Owns the generator and refills the synthetic buffer with the current actor."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, store, log: Callable[[str], None]):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, store, reward_source: str,
+                 log: Callable[[str], None]):
         from robot_stack.learn.synthetic import load_generator
 
         self.cfg = cfg
@@ -176,6 +177,10 @@ class SyntheticSource:
         from robot_stack.learn.synthetic import open_source_dataset
 
         open_source_dataset(self.generator, cfg.dataset)  # shapes must match the training data
+        learned = self.generator.source.get("reward")
+        if learned != reward_source:
+            raise ConfigError(f"generator {directory} learned the rewards of {learned!r}, this run trains on "
+                              f"{reward_source!r}: fit one with train-generator --reward as this run's")
         self.start_states = store.read("observation")
 
     def _fit(self, directory: Path, log) -> object:
@@ -325,7 +330,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if cfg.compile:
         agent.compile_losses()
     sampler = ReplaySampler(buffer, seed=cfg.seed)
-    source = SyntheticSource(cfg, run_dir, store, log) if cfg.synthetic != "none" else None
+    source = SyntheticSource(cfg, run_dir, store, buffer.reward_source, log) if cfg.synthetic != "none" else None
     synthetic, regen_round, step = None, 0, 0
     if resume:
         state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
