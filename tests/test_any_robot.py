@@ -268,6 +268,14 @@ def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, tmp_p
                                 str(generator))) == 2
     assert "learned the rewards of 'success'" in one_error_line(capsys)
 
+    # a generator saved before actions were normalised (no bounds recorded) is refused in one line
+    meta = json.loads((generator / "config.json").read_text())
+    del meta["action_space"]
+    (generator / "config.json").write_text(json.dumps(meta))
+    assert robot_stack(["generate", "--generator", str(generator), "--episodes", "1",
+                        "--out", str(tmp_path / "old.zarr")]) == 2
+    assert "fit this generator again" in one_error_line(capsys)
+
 
 def test_success_reward_labels_the_final_step_of_successful_episodes(rewardless_dataset):
     from robot_stack.learn.replay import TransitionBuffer

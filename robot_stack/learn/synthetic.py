@@ -39,7 +39,10 @@ def load_generator(directory: str | Path) -> Generator:
     kind = meta.get("kind")
     if kind not in GENERATOR_KINDS:
         raise ConfigError(f"{config}: unknown generator kind {kind!r} (known: {sorted(GENERATOR_KINDS)})")
-    return GENERATOR_KINDS[kind].from_meta(meta, weights)
+    try:
+        return GENERATOR_KINDS[kind].from_meta(meta, weights)
+    except KeyError as e:  # e.g. "action_space", which generators fitted before it existed lack
+        raise ConfigError(f"{config}: no {e} entry; fit this generator again") from None
 
 
 def _dims(generator: Generator) -> tuple[int, int]:
