@@ -172,16 +172,19 @@ class OnnxPolicy:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=requested)
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-            raise ConfigError(f"cannot load policy {path}: {e}") from None
+            # its messages can run over several lines; the first says what is wrong
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"cannot load policy {path}: {reason}") from None
         finally:
             ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
         self.provider = self.session.get_providers()[0]
         # Not the provider wanted first: its libraries or device are missing, or this
         # onnxruntime build lacks it altogether (plain onnxruntime has no CUDA provider).
+        # Reported by the caller (the policy node warns, eval prints the provider), not logged
+        # as a warning here: a model refused a moment later would answer in two lines.
         self.fell_back = self.provider != PROVIDER_ORDER[provider][0]
-        (log.warning if self.fell_back else log.info)(
-            "policy %s runs on %s (asked for %s; this onnxruntime has %s)", path, self.provider,
-            provider, ", ".join(ort.get_available_providers()))
+        log.info("policy %s runs on %s (asked for %s; this onnxruntime has %s)", path,
+                 self.provider, provider, ", ".join(ort.get_available_providers()))
         self.metadata = PolicyMetadata.from_props(
             self.session.get_modelmeta().custom_metadata_map, str(path))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
