@@ -100,7 +100,9 @@ def check_device(device: str) -> None:
 
 def check_dataset_fingerprint(trained_on: dict, store, path: str) -> None:
     """ConfigError unless `store` holds the data a run was trained on (`trained_on`: its
-    checkpoint's `dataset` entry). Runs saved before fingerprints were recorded pass."""
+    checkpoint's `dataset` entry), recorded from the same robot: the same steps relabelled with
+    another task or robot description (other action bounds) would be mapped to other units.
+    Runs saved before fingerprints (or robot descriptions) were recorded pass those checks."""
     from robot_stack.learn.trajectories import dataset_fingerprint
 
     expected = trained_on.get("fingerprint")
@@ -109,6 +111,14 @@ def check_dataset_fingerprint(trained_on: dict, store, path: str) -> None:
         raise ConfigError(f"dataset {path} (task {store.task}, fingerprint {actual}) is not the "
                           f"data the run was trained on ({trained_on['path']}, task "
                           f"{trained_on['task']}, fingerprint {expected})")
+    robot = trained_on.get("robot")
+    if store.task != trained_on["task"] or (robot is not None and store.robot != robot):
+        changed = [key for key in sorted(set(store.robot) | set(robot or {}))
+                   if robot is not None and store.robot.get(key) != robot.get(key)]
+        raise ConfigError(f"dataset {path} holds the run's data under another description "
+                          f"(task {store.task}, the run's {trained_on['task']}"
+                          + (f"; robot {', '.join(changed)} differ" if changed else "")
+                          + "): the run's model would be labelled and scaled for another robot")
 
 
 def check_trained_on(run_dir: str | Path, store, path: str) -> None:
@@ -346,6 +356,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     torch.manual_seed(cfg.seed)
 
     store = EpisodeStore.open(cfg.dataset, mode="r")
+    if resume:  # before anything is built from the data: it must be the data of the run
+        state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
+        check_dataset_fingerprint(state["dataset"], store, cfg.dataset)
     eval_task = cfg.eval_task or (store.task if is_sim_task(store.task) else None)
     if cfg.eval_task and not is_sim_task(cfg.eval_task):
         raise ConfigError(f"--eval-task {cfg.eval_task!r} is not a sim task")
@@ -367,8 +380,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     source = SyntheticSource(cfg, run_dir, store, buffer.reward_source, log) if cfg.synthetic != "none" else None
     synthetic, regen_round, step = None, 0, 0
     if resume:
-        state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
-        check_dataset_fingerprint(state["dataset"], store, cfg.dataset)
         agent.load_state_dict(state["agent"])
         sampler.load_state_dict(state["sampler"])
         step, regen_round = state["step"], state["regen_round"]
@@ -385,7 +396,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             "regen_round": regen_round, "config": dataclasses.asdict(cfg),
             "synthetic": None if synthetic is None else [t.cpu() for t in synthetic.all()],
             "dataset": {"path": cfg.dataset, "task": store.task, "n_steps": store.n_steps,
-                        "fingerprint": fingerprint},
+                        "fingerprint": fingerprint, "robot": store.robot},
             "dims": {"obs": buffer.obs_dim, "act": buffer.act_dim},
         })
 
