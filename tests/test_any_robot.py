@@ -269,6 +269,16 @@ def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, tmp_p
                                 str(generator))) == 2
     assert "learned the rewards of 'success'" in one_error_line(capsys)
 
+    # the same recording labelled as another task: its synthetic episodes would carry that label
+    source, relabelled = EpisodeStore.open(data), tmp_path / "relabelled.zarr"
+    store = EpisodeStore.create(str(relabelled), source.keys, task="real-arm", robot=source.robot)
+    for i in range(source.n_episodes):
+        store.append_episode(source.episode(i), source="teleop")
+    store.close()
+    assert robot_stack(["generate", "--generator", str(generator), "--dataset", str(relabelled),
+                        "--episodes", "1", "--out", str(tmp_path / "relabelled_synthetic.zarr")]) == 2
+    assert "holds real-arm data, the generator was trained on cheetah-run data" in one_error_line(capsys)
+
     # a generator saved before actions were normalised (no bounds recorded) is refused in one line
     meta = json.loads((generator / "config.json").read_text())
     del meta["action_space"]
