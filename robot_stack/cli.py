@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from robot_stack.errors import ArgumentParser, RobotStackError
+from robot_stack.errors import ArgumentParser, RobotStackError, seed_value
 
 
 def _sim_collect(args: argparse.Namespace) -> int:
@@ -68,6 +68,8 @@ def _train(args: argparse.Namespace) -> int:
 def _train_generator(args: argparse.Namespace) -> int:
     import torch
 
+    if args.threads < 1:
+        raise RobotStackError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     if args.kind == "diffusion":
         from robot_stack.learn.edm import DiffusionConfig, fit_diffusion
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--policy", choices=["random", "scripted"], default="scripted")
     collect.add_argument("--episodes", type=int, required=True)
     collect.add_argument("--out", required=True, help="dataset path (created, or appended to)")
-    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--seed", type=seed_value, default=0)
     collect.add_argument("--noise", type=float, default=0.3,
                          help="std of the Gaussian action noise of the scripted policy")
     collect.add_argument("--max-steps", type=int, default=None,
@@ -223,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--algo", choices=["td3bc", "iql"])
     train.add_argument("--synthetic", choices=["none", "diffusion", "pgd", "world-model"])
     train.add_argument("--steps", type=int, help="agent updates in total")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=seed_value)
     train.add_argument("--eval-task", help="sim task to evaluate in (default: the dataset's task)")
     train.add_argument("--eval-every", type=int)
     train.add_argument("--eval-episodes", type=int)
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--horizon", type=int, default=32)
     fit.add_argument("--sample-steps", type=int, default=16)
     fit.add_argument("--rollout-horizon", type=int, default=5)
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=seed_value, default=0)
     fit.add_argument("--reward", metavar="success|MODULE:FUNCTION",
                      help="the rewards the generator learns, as train's --reward (default: the dataset's)")
     fit.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -277,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--episodes", type=int, required=True, help="windows or rollouts to generate")
     gen.add_argument("--out", required=True, help="synthetic dataset path")
     gen.add_argument("--dataset", help="source dataset (default: the one the generator was fit on)")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=seed_value, default=0)
     gen.set_defaults(func=_generate)
 
     val = verbs.add_parser("validate", help="check transition datasets against MuJoCo's dynamics")
@@ -301,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--policy", required=True, help="ONNX file from robot-stack export")
     evaluate.add_argument("--task", required=True)
     evaluate.add_argument("--episodes", type=int, default=5)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=seed_value, default=0)
     evaluate.add_argument("--provider", default="auto", help="auto | tensorrt | cuda | cpu")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_eval)

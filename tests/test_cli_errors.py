@@ -41,6 +41,20 @@ CASES = [
      "must return a pair (reward, terminal or None), got ndarray"),
     (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--reward", "bad_rewards:boom"],
      "bad_rewards:boom raised RuntimeError: no reward here"),
+    (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--reward", "bad_rewards:huge"],
+     "bad_rewards:huge returned NaN or infinite rewards (or beyond float32's range)"),
+    (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--synthetic", "pgd",
+                 "--guidance", "nan"], "guidance lam must be a finite number, got nan"),
+    (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--synthetic", "pgd",
+                 "--generator-steps", "0"], "train_steps, batch_size and sample_batch must be >= 1"),
+    (["train-generator"], ["--kind", "diffusion", "--dataset", "{dataset}", "--out", "{tmp}/gen",
+                           "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["sim", "collect"], ["--task", "cheetah-run", "--episodes", "1", "--seed", "-1",
+                          "--out", "{tmp}/d.zarr"], "argument --seed: must be a whole number >= 0"),
+    (["teleop"], ["--source", "scripted", "--task", "cheetah-run", "--seed", "-1"],
+     "argument --seed: must be a whole number >= 0"),
+    (["teleop"], ["--source", "scripted", "--task", "cheetah-run", "--noise", "nan"],
+     "noise must be a finite number >= 0, got nan"),
     (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--device", "bogus"],
      "--device 'bogus' cannot be used here"),
     (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--device", "cuda"],
@@ -127,6 +141,9 @@ def files(tmp_path_factory) -> dict[str, str]:
 
         def boom(obs, act, next_obs):
             raise RuntimeError("no reward here")
+
+        def huge(obs, act, next_obs):  # finite in float64, infinite in float32
+            return np.full(len(obs), 1e300), None
     """))
     def position_blind(spec):  # a position robot whose observation lacks a joint's position
         spec["action"]["command_interface"] = "position"

@@ -82,6 +82,11 @@ class TrainConfig:
             raise ConfigError(f"--synthetic-fraction must be in [0, 1), got {self.synthetic_fraction}")
         if self.synthetic != "none" and self.synthetic_size < 1:
             raise ConfigError("--synthetic-size must be >= 1")
+        if self.seed < 0:  # numpy's generators refuse negative seeds, deep in a run
+            raise ConfigError(f"--seed must be a whole number >= 0, got {self.seed}")
+        from robot_stack.learn.guidance import GuidanceConfig
+
+        GuidanceConfig(lam=self.guidance)  # refused now, not at the first guided regeneration
         settable = agent_param_types(self.algo)
         unknown = sorted(set(self.agent_params) - set(settable))
         if unknown:
