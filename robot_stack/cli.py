@@ -43,15 +43,27 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# The options `train --resume RUN` takes: how long and where it runs, not what it learns.
+RESUME_OPTIONS = {"resume", "steps", "dataset", "device", "threads", "compile", "quiet", "func", "verb"}
+
+
 def _train(args: argparse.Namespace) -> int:
     from robot_stack.learn.trainer import TrainConfig, load_run_config, parse_agent_params, train
 
     if args.resume:
         cfg = load_run_config(args.resume)
-        if args.steps is not None:
-            cfg.steps = args.steps
-        if args.agent_param:
-            raise RobotStackError("--agent-param cannot change a run being resumed (its config keeps them)")
+        # A resumed run is the run in its config: an option that would change what it learns
+        # is refused, not silently ignored. --dataset names the run's data moved elsewhere
+        # (checked against the run's fingerprint and robot).
+        changed = sorted(f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+                         if value not in (None, False) and name not in RESUME_OPTIONS)
+        if changed:
+            raise RobotStackError(f"{', '.join(changed)} cannot change a run being resumed (its "
+                                  "config keeps them); only --steps, --dataset (the run's data, "
+                                  "moved), --device, --threads, --compile and --quiet may be given")
+        for name in ("steps", "dataset", "device", "threads", "compile"):
+            if getattr(args, name) is not None:
+                setattr(cfg, name, getattr(args, name))
     else:
         missing = [flag for flag, value in (("--dataset", args.dataset), ("--out", args.out)) if not value]
         if missing:

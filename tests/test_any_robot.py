@@ -6,6 +6,7 @@ Real MuJoCo (cheetah-run-scaled: cheetah-run commanded in asymmetric units such 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -173,6 +174,17 @@ def test_agent_hyperparameters_are_set_recorded_and_kept_on_resume(scaled_datase
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["step"] == 40
     assert {k: state["agent"]["config"][k] for k in expected} == {**expected, "hidden_dims": (64, 64)}
+
+    # what the run learns is its config's: options that would change it are refused, not ignored
+    capsys.readouterr()
+    for changed in (["--agent-param", "alpha=1"], ["--reward", "success"], ["--algo", "iql"],
+                    ["--batch-size", "8"]):
+        assert robot_stack(["train", "--resume", str(run), "--steps", "60", *changed]) == 2
+        assert f"{changed[0]} cannot change a run being resumed" in one_error_line(capsys)
+    moved = tmp_path / "moved.zarr"  # the run's data at another path continues the run
+    shutil.copytree(scaled_dataset, moved)
+    assert robot_stack(["train", "--resume", str(run), "--steps", "60", "--dataset", str(moved), "--quiet"]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == str(moved)
 
     iql = tmp_path / "iql"
     assert robot_stack(run_args(scaled_dataset, iql, 10, "--algo", "iql", *SMALL_NETS, "--agent-param",
