@@ -109,7 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
     generator = load_generator(args.generator)
     policy = None
     if args.policy:
-        agent = load_policy(args.policy)
+        agent = load_policy(args.policy, generator.action_space)
         # Diffusion guidance needs the actor's log_prob; world-model rollouts its actions.
         policy = agent.actor if generator.kind == "diffusion" else agent.act
     guidance = GuidanceConfig(lam=args.guidance if policy is not None else 0.0,
@@ -127,8 +127,10 @@ def _validate(args: argparse.Namespace) -> int:
     policy = None
     if args.policy:
         from robot_stack.learn.trainer import load_policy
+        from sim import make_task
 
-        policy = load_policy(args.policy).actor
+        # its log-likelihood is of the data's actions normalised with the task's bounds
+        policy = load_policy(args.policy, make_task(args.task).action_space).actor
     result = validate_datasets(args.data, args.task, policy, max_samples=args.max_samples)
     if args.plot:
         plot_error_by_horizon(result, args.plot)

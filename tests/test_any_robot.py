@@ -237,7 +237,7 @@ def rewardless_dataset(tmp_path_factory):
     return path
 
 
-def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, tmp_path, capsys):
+def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, scaled_dataset, tmp_path, capsys):
     data = str(rewardless_dataset)
     assert "reward" not in EpisodeStore.open(data).keys
     assert robot_stack(["data", "info", data, "--json"]) == 0
@@ -276,6 +276,9 @@ def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, tmp_p
     assert robot_stack(["validate", "--data", data, "--data", str(synthetic), "--task", "cheetah-run",
                         "--policy", str(run), "--json"]) == 0
     capsys.readouterr()
+    # the run acts in cheetah-run's [-1, 1]: its likelihood of another robot's actions is refused
+    assert robot_stack(["validate", "--data", str(scaled_dataset), "--task", SCALED, "--policy", str(run)]) == 2
+    assert "was trained for actions in" in one_error_line(capsys)
     # a generator that learned other rewards than the run's (here: cheetah-run's own) is refused
     assert robot_stack(run_args(data, tmp_path / "mixed", 10, "--synthetic", "pgd", "--generator",
                                 str(generator))) == 2

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from robot_stack.action_space import ActionSpace
-from robot_stack.errors import ConfigError
+from robot_stack.errors import ConfigError, DatasetError
 from robot_stack.learn.rewards import first_line
 
 ALGOS = ("td3bc", "iql")
@@ -455,16 +455,38 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig(**json.loads(path.read_text()))
 
 
-def load_policy(run_dir: str | Path):
-    """The trained agent of a run, from its checkpoint (its actor has log_prob and act)."""
+def load_policy(run_dir: str | Path, action_space: ActionSpace | None = None):
+    """The trained agent of a run, from its checkpoint (its actor has log_prob and act).
+
+    `action_space`: the bounds of the robot it is to act for (a generator's, a dataset's). The
+    actor's [-1, 1] means the bounds of the robot it was trained on, so a run trained with
+    other bounds is refused."""
     cfg = load_run_config(run_dir)
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no checkpoint.pt yet")
     state = torch.load(path, map_location="cpu", weights_only=False)
     dims = state["dims"]
+    trained = _trained_action_space(state, cfg)
+    if action_space is not None and trained is not None and trained.to_dict() != action_space.to_dict():
+        raise ConfigError(f"the policy of {run_dir} was trained for actions in {trained.to_dict()}, "
+                          f"not {action_space.to_dict()}: its actions would mean other robot units")
     # Placeholder statistics: the actor's normaliser buffers come from the checkpoint.
     agent = build_agent(cfg.algo, dims["act"], np.zeros(dims["obs"]), np.ones(dims["obs"]),
                         state["agent"]["config"], seed=cfg.seed)
     agent.load_state_dict(state["agent"])
     return agent
+
+
+def _trained_action_space(state: dict, cfg: TrainConfig) -> ActionSpace | None:
+    """The action bounds of a run's training data: recorded in its checkpoint, or (runs saved
+    before they were) read from its dataset; None when neither is there."""
+    from robot_stack.data import EpisodeStore
+
+    robot = state["dataset"].get("robot")
+    if robot is None:
+        try:
+            robot = EpisodeStore.open(cfg.dataset, mode="r").robot
+        except DatasetError:
+            return None
+    return ActionSpace.from_robot(robot, state["dims"]["act"], f"the data of run {cfg.out}")
