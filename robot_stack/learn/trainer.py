@@ -371,10 +371,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if eval_task:
         from sim import make_task
 
-        task_bounds = make_task(eval_task).action_space.to_dict()
+        task = make_task(eval_task)
+        task_bounds = task.action_space.to_dict()
         if task_bounds != action_space.to_dict():
             raise ConfigError(f"--eval-task {eval_task} takes actions in {task_bounds}, the dataset's "
                               f"robot in {action_space.to_dict()}")
+        # Same sizes are not the same robot (cheetah and walker both observe 17 values): the
+        # returns of a policy fed another body's observations would be reported as its own.
+        task_layout, data_layout = (
+            [(part["name"], int(part["size"])) for part in robot.get("observation_layout", [])]
+            for robot in (task.robot_description(), store.robot))
+        if task_layout != data_layout:
+            raise ConfigError(f"--eval-task {eval_task} observes {[n for n, _ in task_layout]}, the "
+                              f"dataset's robot {[n for n, _ in data_layout]}")
     buffer = TransitionBuffer.from_store(store, cfg.reward, device=cfg.device)
     obs_stats = store.stats()["observation"]
     agent = build_agent(cfg.algo, buffer.act_dim, obs_stats["mean"], obs_stats["std"],
