@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from robot_stack.errors import ArgumentParser, RobotStackError
+from robot_stack.errors import ArgumentParser, RobotStackError, seed_value
 
 
 def _sim_collect(args: argparse.Namespace) -> int:
@@ -43,15 +43,27 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# The options `train --resume RUN` takes: how long and where it runs, not what it learns.
+RESUME_OPTIONS = {"resume", "steps", "dataset", "device", "threads", "compile", "quiet", "func", "verb"}
+
+
 def _train(args: argparse.Namespace) -> int:
     from robot_stack.learn.trainer import TrainConfig, load_run_config, parse_agent_params, train
 
     if args.resume:
         cfg = load_run_config(args.resume)
-        if args.steps is not None:
-            cfg.steps = args.steps
-        if args.agent_param:
-            raise RobotStackError("--agent-param cannot change a run being resumed (its config keeps them)")
+        # A resumed run is the run in its config: an option that would change what it learns
+        # is refused, not silently ignored. --dataset names the run's data moved elsewhere
+        # (checked against the run's fingerprint and robot).
+        changed = sorted(f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+                         if value not in (None, False) and name not in RESUME_OPTIONS)
+        if changed:
+            raise RobotStackError(f"{', '.join(changed)} cannot change a run being resumed (its "
+                                  "config keeps them); only --steps, --dataset (the run's data, "
+                                  "moved), --device, --threads, --compile and --quiet may be given")
+        for name in ("steps", "dataset", "device", "threads", "compile"):
+            if getattr(args, name) is not None:
+                setattr(cfg, name, getattr(args, name))
     else:
         missing = [flag for flag, value in (("--dataset", args.dataset), ("--out", args.out)) if not value]
         if missing:
@@ -68,6 +80,8 @@ def _train(args: argparse.Namespace) -> int:
 def _train_generator(args: argparse.Namespace) -> int:
     import torch
 
+    if args.threads < 1:
+        raise RobotStackError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     if args.kind == "diffusion":
         from robot_stack.learn.edm import DiffusionConfig, fit_diffusion
@@ -95,7 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
     generator = load_generator(args.generator)
     policy = None
     if args.policy:
-        agent = load_policy(args.policy)
+        agent = load_policy(args.policy, generator.action_space)
         # Diffusion guidance needs the actor's log_prob; world-model rollouts its actions.
         policy = agent.actor if generator.kind == "diffusion" else agent.act
     guidance = GuidanceConfig(lam=args.guidance if policy is not None else 0.0,
@@ -113,8 +127,10 @@ def _validate(args: argparse.Namespace) -> int:
     policy = None
     if args.policy:
         from robot_stack.learn.trainer import load_policy
+        from sim import make_task
 
-        policy = load_policy(args.policy).actor
+        # its log-likelihood is of the data's actions normalised with the task's bounds
+        policy = load_policy(args.policy, make_task(args.task).action_space).actor
     result = validate_datasets(args.data, args.task, policy, max_samples=args.max_samples)
     if args.plot:
         plot_error_by_horizon(result, args.plot)
@@ -194,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--policy", choices=["random", "scripted"], default="scripted")
     collect.add_argument("--episodes", type=int, required=True)
     collect.add_argument("--out", required=True, help="dataset path (created, or appended to)")
-    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--seed", type=seed_value, default=0)
     collect.add_argument("--noise", type=float, default=0.3,
                          help="std of the Gaussian action noise of the scripted policy")
     collect.add_argument("--max-steps", type=int, default=None,
@@ -223,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--algo", choices=["td3bc", "iql"])
     train.add_argument("--synthetic", choices=["none", "diffusion", "pgd", "world-model"])
     train.add_argument("--steps", type=int, help="agent updates in total")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=seed_value)
     train.add_argument("--eval-task", help="sim task to evaluate in (default: the dataset's task)")
     train.add_argument("--eval-every", type=int)
     train.add_argument("--eval-episodes", type=int)
@@ -263,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--horizon", type=int, default=32)
     fit.add_argument("--sample-steps", type=int, default=16)
     fit.add_argument("--rollout-horizon", type=int, default=5)
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=seed_value, default=0)
     fit.add_argument("--reward", metavar="success|MODULE:FUNCTION",
                      help="the rewards the generator learns, as train's --reward (default: the dataset's)")
     fit.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -277,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--episodes", type=int, required=True, help="windows or rollouts to generate")
     gen.add_argument("--out", required=True, help="synthetic dataset path")
     gen.add_argument("--dataset", help="source dataset (default: the one the generator was fit on)")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=seed_value, default=0)
     gen.set_defaults(func=_generate)
 
     val = verbs.add_parser("validate", help="check transition datasets against MuJoCo's dynamics")
@@ -301,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--policy", required=True, help="ONNX file from robot-stack export")
     evaluate.add_argument("--task", required=True)
     evaluate.add_argument("--episodes", type=int, default=5)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=seed_value, default=0)
     evaluate.add_argument("--provider", default="auto", help="auto | tensorrt | cuda | cpu")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_eval)

@@ -15,6 +15,18 @@ class ConfigError(RobotStackError):
     """A spec, config file or command-line option is invalid."""
 
 
+def seed_value(text: str) -> int:
+    """argparse type of every --seed: a whole number >= 0, the seeds numpy's and MuJoCo's random
+    generators take (a negative one fails deep inside them, with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a bad command line answered in one line (`prog: error: ...`, exit 2)
     instead of the usage block and the error; subcommand parsers inherit it."""

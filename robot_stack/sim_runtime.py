@@ -91,6 +91,8 @@ class SimRuntime:
         if not 0 <= max_episode_steps == int(max_episode_steps):
             raise ConfigError(f"max_episode_steps must be an integer >= 0 (0 = the task's "
                               f"{task.max_steps}), got {max_episode_steps}")
+        if not 0 <= seed == int(seed):  # a seed parameter set past the CLI (ros2 run -p seed:=-1)
+            raise ConfigError(f"seed must be a whole number >= 0, got {seed}")
         self.task = task
         self.gate = CommandGate(description["action_low"], description["action_high"])
         self.seed = int(seed)

@@ -7,6 +7,7 @@ and publishes what comes out.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -238,8 +239,8 @@ class CallablePolicy:
     (reset(), act(obs)), clipped to the action bounds."""
 
     def __init__(self, fn: Callable, noise: float, seed: int, low, high):
-        if noise < 0:
-            raise ConfigError(f"noise must be >= 0, got {noise}")
+        if not 0 <= noise < math.inf:  # NaN would pass `noise < 0`, and the policy ignore it
+            raise ConfigError(f"noise must be a finite number >= 0, got {noise!r}")
         self.fn = fn
         self.noise = float(noise)
         self.low, self.high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)

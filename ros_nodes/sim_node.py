@@ -49,7 +49,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from robot_stack.errors import ArgumentParser, ConfigError
+from robot_stack.errors import ArgumentParser, ConfigError, seed_value
 from robot_stack.sim_runtime import Pacer, SimRuntime, tick_period
 from ros_nodes import convert
 from ros_nodes.node_main import node_main
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters of the same name (e.g. from --ros-args --params-file config/sim.yaml).")
     parser.add_argument("--task", help="cheetah-run | walker-walk | hopper-hop "
                         "(default cheetah-run)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=seed_value)
     parser.add_argument("--realtime-factor", type=float,
                         help="sim seconds per wall second (default 1); 0 = as fast as possible")
     parser.add_argument("--auto-reset", action=argparse.BooleanOptionalAction, default=None,

@@ -29,7 +29,7 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from robot_stack.errors import ArgumentParser, ConfigError
+from robot_stack.errors import ArgumentParser, ConfigError, seed_value
 from robot_stack.package_config import config_file
 from robot_stack.spec import (JOINT_STATE, MalformedMessage, check_positive, load_spec,
                               stream_name)
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "package.module:factory (factory(task) returns an obs -> action "
                         "callable); default scripted")
     parser.add_argument("--noise", type=float, help="std of Gaussian action noise (default 0.3)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=seed_value)
     parser.add_argument("--publish-rate", type=float, help="Hz for keyboard and joy (default 50)")
     return parser
 

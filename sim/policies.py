@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,13 +131,13 @@ class ScriptedPolicy:
 
 def make_policy(name: str, task: SimTask, noise: float = 0.3, seed: int = 0):
     """``noise`` is the std of Gaussian action noise of the scripted policy (random ignores it)."""
+    if not 0 <= noise < math.inf:  # NaN would pass `noise < 0`, and the policy ignore it
+        raise SimError(f"noise must be a finite number >= 0, got {noise!r}")
     if name == "random":
         return RandomPolicy(task, seed=seed)
     if name == "scripted":
         if task.suite_name not in SCRIPTED_PARAMS:
             raise SimError(f"no scripted policy parameters for task {task.name!r}")
-        if noise < 0:
-            raise SimError(f"noise must be >= 0, got {noise}")
         return ScriptedPolicy(task, SCRIPTED_PARAMS[task.suite_name], noise=noise, seed=seed)
     raise SimError(f"unknown policy {name!r}; choose 'random' or 'scripted'")
 

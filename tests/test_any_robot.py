@@ -6,6 +6,7 @@ Real MuJoCo (cheetah-run-scaled: cheetah-run commanded in asymmetric units such 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -174,6 +175,17 @@ def test_agent_hyperparameters_are_set_recorded_and_kept_on_resume(scaled_datase
     assert state["step"] == 40
     assert {k: state["agent"]["config"][k] for k in expected} == {**expected, "hidden_dims": (64, 64)}
 
+    # what the run learns is its config's: options that would change it are refused, not ignored
+    capsys.readouterr()
+    for changed in (["--agent-param", "alpha=1"], ["--reward", "success"], ["--algo", "iql"],
+                    ["--batch-size", "8"]):
+        assert robot_stack(["train", "--resume", str(run), "--steps", "60", *changed]) == 2
+        assert f"{changed[0]} cannot change a run being resumed" in one_error_line(capsys)
+    moved = tmp_path / "moved.zarr"  # the run's data at another path continues the run
+    shutil.copytree(scaled_dataset, moved)
+    assert robot_stack(["train", "--resume", str(run), "--steps", "60", "--dataset", str(moved), "--quiet"]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == str(moved)
+
     iql = tmp_path / "iql"
     assert robot_stack(run_args(scaled_dataset, iql, 10, "--algo", "iql", *SMALL_NETS, "--agent-param",
                                 "expectile=0.9", "--agent-param", "beta=1", "--agent-param", "tau=0.02")) == 0
@@ -225,7 +237,7 @@ def rewardless_dataset(tmp_path_factory):
     return path
 
 
-def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, tmp_path, capsys):
+def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, scaled_dataset, tmp_path, capsys):
     data = str(rewardless_dataset)
     assert "reward" not in EpisodeStore.open(data).keys
     assert robot_stack(["data", "info", data, "--json"]) == 0
@@ -264,10 +276,23 @@ def test_every_verb_works_on_a_dataset_without_rewards(rewardless_dataset, tmp_p
     assert robot_stack(["validate", "--data", data, "--data", str(synthetic), "--task", "cheetah-run",
                         "--policy", str(run), "--json"]) == 0
     capsys.readouterr()
+    # the run acts in cheetah-run's [-1, 1]: its likelihood of another robot's actions is refused
+    assert robot_stack(["validate", "--data", str(scaled_dataset), "--task", SCALED, "--policy", str(run)]) == 2
+    assert "was trained for actions in" in one_error_line(capsys)
     # a generator that learned other rewards than the run's (here: cheetah-run's own) is refused
     assert robot_stack(run_args(data, tmp_path / "mixed", 10, "--synthetic", "pgd", "--generator",
                                 str(generator))) == 2
     assert "learned the rewards of 'success'" in one_error_line(capsys)
+
+    # the same recording labelled as another task: its synthetic episodes would carry that label
+    source, relabelled = EpisodeStore.open(data), tmp_path / "relabelled.zarr"
+    store = EpisodeStore.create(str(relabelled), source.keys, task="real-arm", robot=source.robot)
+    for i in range(source.n_episodes):
+        store.append_episode(source.episode(i), source="teleop")
+    store.close()
+    assert robot_stack(["generate", "--generator", str(generator), "--dataset", str(relabelled),
+                        "--episodes", "1", "--out", str(tmp_path / "relabelled_synthetic.zarr")]) == 2
+    assert "holds real-arm data, the generator was trained on cheetah-run data" in one_error_line(capsys)
 
     # a generator saved before actions were normalised (no bounds recorded) is refused in one line
     meta = json.loads((generator / "config.json").read_text())

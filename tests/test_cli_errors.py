@@ -6,6 +6,7 @@ first case is checked. Node verbs refused at start-up share a ROS domain of thei
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,20 @@ CASES = [
      "must return a pair (reward, terminal or None), got ndarray"),
     (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--reward", "bad_rewards:boom"],
      "bad_rewards:boom raised RuntimeError: no reward here"),
+    (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--reward", "bad_rewards:huge"],
+     "bad_rewards:huge returned NaN or infinite rewards (or beyond float32's range)"),
+    (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--synthetic", "pgd",
+                 "--guidance", "nan"], "guidance lam must be a finite number, got nan"),
+    (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--synthetic", "pgd",
+                 "--generator-steps", "0"], "train_steps, batch_size and sample_batch must be >= 1"),
+    (["train-generator"], ["--kind", "diffusion", "--dataset", "{dataset}", "--out", "{tmp}/gen",
+                           "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["sim", "collect"], ["--task", "cheetah-run", "--episodes", "1", "--seed", "-1",
+                          "--out", "{tmp}/d.zarr"], "argument --seed: must be a whole number >= 0"),
+    (["teleop"], ["--source", "scripted", "--task", "cheetah-run", "--seed", "-1"],
+     "argument --seed: must be a whole number >= 0"),
+    (["teleop"], ["--source", "scripted", "--task", "cheetah-run", "--noise", "nan"],
+     "noise must be a finite number >= 0, got nan"),
     (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--device", "bogus"],
      "--device 'bogus' cannot be used here"),
     (["train"], ["--dataset", "{dataset}", "--out", "{tmp}/run", "--device", "cuda"],
@@ -59,6 +74,10 @@ CASES = [
     (["eval"], ["--policy", "{tmp}/missing.onnx", "--task", "cheetah-run"], "does not exist"),
     (["eval"], ["--policy", "p.onnx", "--task", "cheetah-run", "--episodes", "x"],
      "argument --episodes: invalid int value"),
+    (["eval"], ["--policy", "{tmp}/scaled.onnx", "--task", "cheetah-run"],
+     "does not match task cheetah-run: action bounds"),
+    (["eval"], ["--policy", "{tmp}/five_bounds.onnx", "--task", "cheetah-run-scaled"],
+     "metadata action bounds must be finite and of one size"),
     (["teleop"], ["--source", "joy", "--publish-rate", "0"],
      "publish_rate must be a positive number (finite and > 0), got 0.0"),
     (["teleop"], ["--source", "mouse"], "argument --source: invalid choice: 'mouse'"),
@@ -122,6 +141,9 @@ def files(tmp_path_factory) -> dict[str, str]:
 
         def boom(obs, act, next_obs):
             raise RuntimeError("no reward here")
+
+        def huge(obs, act, next_obs):  # finite in float64, infinite in float32
+            return np.full(len(obs), 1e300), None
     """))
     def position_blind(spec):  # a position robot whose observation lacks a joint's position
         spec["action"]["command_interface"] = "position"
@@ -134,7 +156,38 @@ def files(tmp_path_factory) -> dict[str, str]:
         spec = yaml.safe_load(open(CHEETAH_SPEC))
         edit(spec)
         (tmp / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    write_linear_policy(tmp / "scaled.onnx", {})
+    write_linear_policy(tmp / "five_bounds.onnx", {"action_low": [0.0, -2.9, -0.5, 0.0, -2.9]})
     return {"tmp": str(tmp), "dataset": str(dataset)}
+
+
+def write_linear_policy(path, metadata_edits: dict) -> None:
+    """A linear ONNX policy for cheetah-run-scaled, with metadata as export writes it, edited:
+    what `eval` reads, without training a run."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from robot_stack.deploy.runtime import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
+    from sim import make_task
+
+    robot = make_task("cheetah-run-scaled").robot_description()
+    weights = numpy_helper.from_array(np.zeros((17, 6), np.float32), "weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [INPUT_NAME, "weights"], [OUTPUT_NAME])], "linear",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 17])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 6])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    metadata = {"robot_stack_format": FORMAT_VERSION, "task": robot["name"],
+                "robot_name": robot["name"], "command_interface": robot["command_interface"],
+                "obs_dim": 17, "act_dim": 6, "observation_layout": robot["observation_layout"],
+                "joint_names": robot["joint_names"], "action_low": robot["action_low"],
+                "action_high": robot["action_high"], "control_rate_hz": robot["control_rate_hz"],
+                "training_run": "none", "dataset": "none", "dataset_fingerprint": "none",
+                **metadata_edits}
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(model, str(path))
 
 
 def skip_reason(words: list[str], args: list[str]) -> str | None:

@@ -62,28 +62,6 @@ def test_export_matches_torch_and_describes_the_robot(run, tmp_path):
     assert meta["command_interface"] == robot["command_interface"] == "effort"
 
 
-def test_actions_are_scaled_to_the_dataset_robots_bounds(run, tmp_path):
-    # The same data under a robot whose actuators take [0, 2] and [-3, 1]: the graph maps the
-    # actor's [-1, 1] onto those bounds.
-    source = EpisodeStore.open(load_run_config(run).dataset, mode="r")
-    robot = dict(source.robot, action_low=[0.0] * 3 + [-3.0] * 3,
-                 action_high=[2.0] * 3 + [1.0] * 3)
-    scaled = EpisodeStore.create(tmp_path / "scaled.zarr", source.keys, task=source.task,
-                                 robot=robot)
-    for i in range(source.n_episodes):  # all of the run's data: the same fingerprint
-        scaled.append_episode(source.episode(i), source="scripted")
-    out = tmp_path / "scaled.onnx"
-    meta = export_policy(run, out, dataset=str(tmp_path / "scaled.zarr"))["metadata"]
-    assert meta["action_low"] == robot["action_low"]
-
-    observations = source.read("observation")[:50]
-    with torch.no_grad():
-        unit = load_policy(run).actor(torch.as_tensor(observations)).numpy()
-    low, high = np.array(robot["action_low"]), np.array(robot["action_high"])
-    np.testing.assert_allclose(onnx_actions(out, observations),
-                               low + (unit + 1) / 2 * (high - low), atol=1e-5, rtol=0)
-
-
 def test_failed_parity_check_leaves_no_file(run, tmp_path):
     # float32 ONNX kernels differ from torch's in the last bits; a limit below that must fail.
     out = tmp_path / "policy.onnx"
@@ -126,6 +104,35 @@ def test_resume_refuses_other_data(run, walker_data, tmp_path):
     cfg = load_run_config(copy)
     cfg.out, cfg.dataset, cfg.steps = str(copy), walker_data, cfg.steps + 10
     with pytest.raises(ConfigError, match="is not the data the run was trained on"):
+        train(cfg, resume=True, progress=False, log=lambda line: None)
+
+
+def test_export_and_resume_refuse_the_runs_data_relabelled_for_another_robot(run, tmp_path):
+    # The same steps (so the same fingerprint) under a robot description with other action
+    # bounds: the run's [-1, 1] actions would be mapped onto bounds it never learned.
+    import shutil
+
+    from robot_stack.data import standard_keys
+
+    source = EpisodeStore.open(load_run_config(run).dataset)
+    relabelled = tmp_path / "relabelled.zarr"
+    robot = dict(source.robot, action_low=[-2.0] * 6, action_high=[2.0] * 6)
+    store = EpisodeStore.create(str(relabelled), standard_keys(obs_dim=17, act_dim=6), task=source.task,
+                                robot=robot)
+    for i in range(source.n_episodes):
+        store.append_episode(source.episode(i), source="scripted")
+    store.close()
+    assert dataset_fingerprint(EpisodeStore.open(str(relabelled))) == dataset_fingerprint(source)
+
+    out = tmp_path / "policy.onnx"
+    with pytest.raises(ConfigError, match="under another description .*robot action_high, action_low"):
+        export_policy(run, out, dataset=str(relabelled))
+    assert not out.exists()
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_run_config(copy)
+    cfg.out, cfg.dataset, cfg.steps = str(copy), str(relabelled), cfg.steps + 10
+    with pytest.raises(ConfigError, match="under another description"):
         train(cfg, resume=True, progress=False, log=lambda line: None)
 
 

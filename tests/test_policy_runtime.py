@@ -2,6 +2,7 @@
 and the safety logic between policy and actuators (driven with an explicit clock)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +105,42 @@ def test_model_matches_the_cheetah_spec_and_not_others(policy):
 
 def test_metadata_that_disagrees_with_the_graph_is_refused(exported, tmp_path):
     path = tmp_path / "policy.onnx"
-    for key, value in (("obs_dim", 18), ("act_dim", 7)):  # the graph maps 17 -> 6
+
+    def widened(metadata: dict, key: str) -> dict:
+        # metadata that agrees with itself, one wider than the graph, which maps 17 -> 6
+        if key == "obs_dim":
+            return {"obs_dim": 18, "observation_layout": [*metadata["observation_layout"],
+                                                          {"name": "extra", "size": 1}]}
+        return {"act_dim": 7, "action_low": [*metadata["action_low"], -1.0],
+                "action_high": [*metadata["action_high"], 1.0]}
+
+    for key, value in (("obs_dim", 18), ("act_dim", 7)):
         model = onnx.load(str(exported[1]))
-        next(p for p in model.metadata_props if p.key == key).value = str(value)
+        metadata = {p.key: json.loads(p.value) for p in model.metadata_props}
+        for prop in model.metadata_props:
+            prop.value = json.dumps(widened(metadata, key).get(prop.key, metadata[prop.key]))
         path.write_bytes(model.SerializeToString())
         with pytest.raises(ConfigError, match=f"metadata {key} {value} disagrees with the graph"):
             OnnxPolicy(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("action_low", [-1.0] * 5, "action bounds must be finite and of one size"),
+    ("action_high", [float("nan")] * 6, "action bounds must be finite and of one size"),
+    ("action_low", [1.0] * 6, "every action bound needs low < high"),
+    ("act_dim", 5, "act_dim 5 with 6 action bounds"),
+    ("observation_layout", [{"name": "qpos", "size": 3}], "obs_dim 17 with an observation layout of 3"),
+    ("obs_dim", "seventeen", "malformed metadata"),
+    ("action_low", "low", "malformed metadata"),
+    ("observation_layout", None, "malformed metadata"),
+])
+def test_metadata_that_disagrees_with_itself_is_refused(exported, tmp_path, key, value, message):
+    path = tmp_path / "policy.onnx"
+    model = onnx.load(str(exported[1]))
+    next(p for p in model.metadata_props if p.key == key).value = json.dumps(value)
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ConfigError, match=message):
+        OnnxPolicy(path)
 
 
 def interface_spec(interface: str):

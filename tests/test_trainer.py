@@ -123,6 +123,8 @@ def test_dataset_without_rewards_names_the_fix(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--eval-task", "moon-walk"], "not a sim task"),
+    # the walker observes 17 values and takes 6 actions in [-1, 1] too: another body all the same
+    (["--eval-task", "walker-walk"], "--eval-task walker-walk observes ['qpos/rootz', 'qpos/rooty', 'qpos/right_hip'"),
     (["--synthetic", "pgd", "--generator", "{generator}"], "generator"),
     (["--algo", "sarsa"], None),
 ])

@@ -11,7 +11,8 @@ metadata_props carry what a runtime must check before driving a robot (JSON-enco
     dataset_fingerprint, robot_stack_format
 
 The metadata describes the dataset the run was trained on: a `dataset` given in place of the
-run's own (a moved copy) must have the run's fingerprint.
+run's own (a moved copy) must have the run's fingerprint, task and robot description: the
+same steps under other action bounds would map the actor's output onto bounds it never learned.
 
 An export whose ONNX outputs differ from the torch policy by more than PARITY_ATOL on dataset
 observations fails and leaves no file.

@@ -29,7 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from robot_stack.errors import ConfigError
+from robot_stack.action_space import ActionSpace
+from robot_stack.errors import ConfigError, DatasetError
 from robot_stack.spec import COMMAND_INTERFACES, POSITION, check_positive
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,28 @@ class PolicyMetadata:
                               f"{raw.get('robot_stack_format')!r}, expected {FORMAT_VERSION}); "
                               "export it with `robot-stack export`")
         try:
-            return cls(raw["task"], int(raw["obs_dim"]), int(raw["act_dim"]),
-                       raw["observation_layout"], raw["joint_names"],
-                       np.asarray(raw["action_low"], np.float64),
-                       np.asarray(raw["action_high"], np.float64), float(raw["control_rate_hz"]),
-                       raw["training_run"], raw["dataset"], raw["dataset_fingerprint"],
-                       raw.get("command_interface"), raw)
+            metadata = cls(raw["task"], int(raw["obs_dim"]), int(raw["act_dim"]),
+                           list(raw["observation_layout"]), list(raw["joint_names"]),
+                           np.asarray(raw["action_low"], np.float64).reshape(-1),
+                           np.asarray(raw["action_high"], np.float64).reshape(-1),
+                           float(raw["control_rate_hz"]), raw["training_run"], raw["dataset"],
+                           raw["dataset_fingerprint"], raw.get("command_interface"), raw)
+            layout_size = sum(int(part["size"]) for part in metadata.observation_layout)
         except KeyError as e:
             raise ConfigError(f"{origin}: metadata lacks {e}") from None
+        except (TypeError, ValueError) as e:  # a value of the wrong kind: "x" for obs_dim
+            raise ConfigError(f"{origin}: malformed metadata ({e})") from None
+        # The runtime sizes its buffers, bounds and checks from these: they must agree with
+        # each other before they are compared with the graph and the robot.
+        try:
+            space = ActionSpace(metadata.action_low, metadata.action_high)
+        except DatasetError as e:
+            raise ConfigError(f"{origin}: metadata {e}") from None
+        if space.low.size != metadata.act_dim or layout_size != metadata.obs_dim:
+            raise ConfigError(f"{origin}: metadata disagrees with itself: act_dim "
+                              f"{metadata.act_dim} with {space.low.size} action bounds, obs_dim "
+                              f"{metadata.obs_dim} with an observation layout of {layout_size}")
+        return metadata
 
 
 def check_compatible(metadata: PolicyMetadata, robot: dict, robot_origin: str) -> None:
@@ -157,16 +172,19 @@ class OnnxPolicy:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=requested)
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-            raise ConfigError(f"cannot load policy {path}: {e}") from None
+            # its messages can run over several lines; the first says what is wrong
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"cannot load policy {path}: {reason}") from None
         finally:
             ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
         self.provider = self.session.get_providers()[0]
         # Not the provider wanted first: its libraries or device are missing, or this
         # onnxruntime build lacks it altogether (plain onnxruntime has no CUDA provider).
+        # Reported by the caller (the policy node warns, eval prints the provider), not logged
+        # as a warning here: a model refused a moment later would answer in two lines.
         self.fell_back = self.provider != PROVIDER_ORDER[provider][0]
-        (log.warning if self.fell_back else log.info)(
-            "policy %s runs on %s (asked for %s; this onnxruntime has %s)", path, self.provider,
-            provider, ", ".join(ort.get_available_providers()))
+        log.info("policy %s runs on %s (asked for %s; this onnxruntime has %s)", path,
+                 self.provider, provider, ", ".join(ort.get_available_providers()))
         self.metadata = PolicyMetadata.from_props(
             self.session.get_modelmeta().custom_metadata_map, str(path))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

@@ -63,8 +63,10 @@ class DiffusionConfig:
     def validate(self) -> None:
         if self.horizon < 2 or self.stride < 1:
             raise ConfigError(f"diffusion horizon must be >= 2 and stride >= 1 ({self.horizon}, {self.stride})")
-        if self.sample_steps < 1 or self.train_steps < 0 or self.batch_size < 1 or self.sample_batch < 1:
-            raise ConfigError("diffusion sample_steps, batch_size, sample_batch must be >= 1, train_steps >= 0")
+        # train_steps 0 would save an untrained denoiser whose samples are noise
+        if self.sample_steps < 1 or self.train_steps < 1 or self.batch_size < 1 or self.sample_batch < 1:
+            raise ConfigError("diffusion sample_steps, train_steps, batch_size and sample_batch must be >= 1, got "
+                              f"{self.sample_steps}, {self.train_steps}, {self.batch_size}, {self.sample_batch}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.sigma_min < self.sigma_max:

@@ -35,6 +35,12 @@ class GuidanceConfig:
     at_clean_estimate: bool = False  # take g at the denoiser's clean estimate, not the noisy x
     normalize: bool = False  # divide g by its norm over each window's whole action block
 
+    def __post_init__(self):
+        # NaN or inf would turn every guided window into NaN, found only when it is written
+        for name in ("lam", "c_cos"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"guidance {name} must be a finite number, got {getattr(self, name)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

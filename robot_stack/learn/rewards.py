@@ -72,8 +72,10 @@ def checked_reward_fn(fn: Callable, spec: str) -> Callable:
             raise ConfigError(f"reward function {spec} must return {n} rewards and {n} terminal "
                               f"flags (or None) for {n} transitions, got shapes {reward.shape} "
                               f"and {None if terminal is None else terminal.shape}")
-        if not np.isfinite(reward).all():
-            raise ConfigError(f"reward function {spec} returned NaN or infinite rewards")
+        # the buffers hold float32: 1e300 is finite here and infinite there (NaN fails too)
+        if not (np.abs(reward) <= np.finfo(np.float32).max).all():
+            raise ConfigError(f"reward function {spec} returned NaN or infinite rewards (or beyond "
+                              "float32's range)")
         return reward, terminal
 
     return reward_fn

@@ -67,6 +67,11 @@ def open_source_dataset(generator: Generator, dataset: str | Path | None = None)
             f"dataset {path} has observation/action shapes {got[0]}/{got[1]} but the generator "
             f"was trained on ({obs_dim},)/({act_dim},)"
         )
+    trained_task = generator.source.get("task")
+    if trained_task is not None and store.task != trained_task:
+        # the synthetic episodes would be labelled as another task's, with this one's dynamics
+        raise DatasetError(f"dataset {path} holds {store.task} data, the generator was trained "
+                           f"on {trained_task} data")
     if ActionSpace.of_store(store).to_dict() != generator.action_space.to_dict():
         raise DatasetError(f"dataset {path} has action bounds {ActionSpace.of_store(store).to_dict()} "
                            f"but the generator was trained on {generator.action_space.to_dict()}")

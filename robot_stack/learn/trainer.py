@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from robot_stack.action_space import ActionSpace
-from robot_stack.errors import ConfigError
+from robot_stack.errors import ConfigError, DatasetError
 from robot_stack.learn.rewards import first_line
 
 ALGOS = ("td3bc", "iql")
@@ -82,6 +82,11 @@ class TrainConfig:
             raise ConfigError(f"--synthetic-fraction must be in [0, 1), got {self.synthetic_fraction}")
         if self.synthetic != "none" and self.synthetic_size < 1:
             raise ConfigError("--synthetic-size must be >= 1")
+        if self.seed < 0:  # numpy's generators refuse negative seeds, deep in a run
+            raise ConfigError(f"--seed must be a whole number >= 0, got {self.seed}")
+        from robot_stack.learn.guidance import GuidanceConfig
+
+        GuidanceConfig(lam=self.guidance)  # refused now, not at the first guided regeneration
         settable = agent_param_types(self.algo)
         unknown = sorted(set(self.agent_params) - set(settable))
         if unknown:
@@ -100,7 +105,9 @@ def check_device(device: str) -> None:
 
 def check_dataset_fingerprint(trained_on: dict, store, path: str) -> None:
     """ConfigError unless `store` holds the data a run was trained on (`trained_on`: its
-    checkpoint's `dataset` entry). Runs saved before fingerprints were recorded pass."""
+    checkpoint's `dataset` entry), recorded from the same robot: the same steps relabelled with
+    another task or robot description (other action bounds) would be mapped to other units.
+    Runs saved before fingerprints (or robot descriptions) were recorded pass those checks."""
     from robot_stack.learn.trajectories import dataset_fingerprint
 
     expected = trained_on.get("fingerprint")
@@ -109,6 +116,14 @@ def check_dataset_fingerprint(trained_on: dict, store, path: str) -> None:
         raise ConfigError(f"dataset {path} (task {store.task}, fingerprint {actual}) is not the "
                           f"data the run was trained on ({trained_on['path']}, task "
                           f"{trained_on['task']}, fingerprint {expected})")
+    robot = trained_on.get("robot")
+    if store.task != trained_on["task"] or (robot is not None and store.robot != robot):
+        changed = [key for key in sorted(set(store.robot) | set(robot or {}))
+                   if robot is not None and store.robot.get(key) != robot.get(key)]
+        raise ConfigError(f"dataset {path} holds the run's data under another description "
+                          f"(task {store.task}, the run's {trained_on['task']}"
+                          + (f"; robot {', '.join(changed)} differ" if changed else "")
+                          + "): the run's model would be labelled and scaled for another robot")
 
 
 def check_trained_on(run_dir: str | Path, store, path: str) -> None:
@@ -346,6 +361,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     torch.manual_seed(cfg.seed)
 
     store = EpisodeStore.open(cfg.dataset, mode="r")
+    if resume:  # before anything is built from the data: it must be the data of the run
+        state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
+        check_dataset_fingerprint(state["dataset"], store, cfg.dataset)
     eval_task = cfg.eval_task or (store.task if is_sim_task(store.task) else None)
     if cfg.eval_task and not is_sim_task(cfg.eval_task):
         raise ConfigError(f"--eval-task {cfg.eval_task!r} is not a sim task")
@@ -353,10 +371,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if eval_task:
         from sim import make_task
 
-        task_bounds = make_task(eval_task).action_space.to_dict()
+        task = make_task(eval_task)
+        task_bounds = task.action_space.to_dict()
         if task_bounds != action_space.to_dict():
             raise ConfigError(f"--eval-task {eval_task} takes actions in {task_bounds}, the dataset's "
                               f"robot in {action_space.to_dict()}")
+        # Same sizes are not the same robot (cheetah and walker both observe 17 values): the
+        # returns of a policy fed another body's observations would be reported as its own.
+        task_layout, data_layout = (
+            [(part["name"], int(part["size"])) for part in robot.get("observation_layout", [])]
+            for robot in (task.robot_description(), store.robot))
+        if task_layout != data_layout:
+            raise ConfigError(f"--eval-task {eval_task} observes {[n for n, _ in task_layout]}, the "
+                              f"dataset's robot {[n for n, _ in data_layout]}")
     buffer = TransitionBuffer.from_store(store, cfg.reward, device=cfg.device)
     obs_stats = store.stats()["observation"]
     agent = build_agent(cfg.algo, buffer.act_dim, obs_stats["mean"], obs_stats["std"],
@@ -367,8 +394,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     source = SyntheticSource(cfg, run_dir, store, buffer.reward_source, log) if cfg.synthetic != "none" else None
     synthetic, regen_round, step = None, 0, 0
     if resume:
-        state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
-        check_dataset_fingerprint(state["dataset"], store, cfg.dataset)
         agent.load_state_dict(state["agent"])
         sampler.load_state_dict(state["sampler"])
         step, regen_round = state["step"], state["regen_round"]
@@ -385,7 +410,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             "regen_round": regen_round, "config": dataclasses.asdict(cfg),
             "synthetic": None if synthetic is None else [t.cpu() for t in synthetic.all()],
             "dataset": {"path": cfg.dataset, "task": store.task, "n_steps": store.n_steps,
-                        "fingerprint": fingerprint},
+                        "fingerprint": fingerprint, "robot": store.robot},
             "dims": {"obs": buffer.obs_dim, "act": buffer.act_dim},
         })
 
@@ -439,16 +464,38 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig(**json.loads(path.read_text()))
 
 
-def load_policy(run_dir: str | Path):
-    """The trained agent of a run, from its checkpoint (its actor has log_prob and act)."""
+def load_policy(run_dir: str | Path, action_space: ActionSpace | None = None):
+    """The trained agent of a run, from its checkpoint (its actor has log_prob and act).
+
+    `action_space`: the bounds of the robot it is to act for (a generator's, a dataset's). The
+    actor's [-1, 1] means the bounds of the robot it was trained on, so a run trained with
+    other bounds is refused."""
     cfg = load_run_config(run_dir)
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no checkpoint.pt yet")
     state = torch.load(path, map_location="cpu", weights_only=False)
     dims = state["dims"]
+    trained = _trained_action_space(state, cfg)
+    if action_space is not None and trained is not None and trained.to_dict() != action_space.to_dict():
+        raise ConfigError(f"the policy of {run_dir} was trained for actions in {trained.to_dict()}, "
+                          f"not {action_space.to_dict()}: its actions would mean other robot units")
     # Placeholder statistics: the actor's normaliser buffers come from the checkpoint.
     agent = build_agent(cfg.algo, dims["act"], np.zeros(dims["obs"]), np.ones(dims["obs"]),
                         state["agent"]["config"], seed=cfg.seed)
     agent.load_state_dict(state["agent"])
     return agent
+
+
+def _trained_action_space(state: dict, cfg: TrainConfig) -> ActionSpace | None:
+    """The action bounds of a run's training data: recorded in its checkpoint, or (runs saved
+    before they were) read from its dataset; None when neither is there."""
+    from robot_stack.data import EpisodeStore
+
+    robot = state["dataset"].get("robot")
+    if robot is None:
+        try:
+            robot = EpisodeStore.open(cfg.dataset, mode="r").robot
+        except DatasetError:
+            return None
+    return ActionSpace.from_robot(robot, state["dims"]["act"], f"the data of run {cfg.out}")
