@@ -8,6 +8,7 @@ subprocesses, as a user runs them.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
@@ -179,6 +180,15 @@ def _meta_chunk_deleted(path):
     (path / "meta/episode_length/c/0").unlink()
 
 
+def _data_group_metadata_deleted(path):
+    (path / "data/zarr.json").unlink()
+
+
+def _attributes_a_list(path):
+    metadata = json.loads((path / "zarr.json").read_text())
+    (path / "zarr.json").write_text(json.dumps({**metadata, "attributes": ["not", "a", "dict"]}))
+
+
 STRUCTURE_DAMAGE = {
     "decreasing episode_ends": (_decreasing_ends, "episode_ends"),
     "action float64": (_action_float64, "data/action"),
@@ -188,6 +198,8 @@ STRUCTURE_DAMAGE = {
     "stats a string": (_stats_a_string, "stats"),
     "task attribute deleted": (_task_attribute_deleted, "task"),
     "meta chunk deleted": (_meta_chunk_deleted, "meta/episode_length/c/0"),
+    "data group zarr.json deleted": (_data_group_metadata_deleted, "group data"),
+    "attributes a list": (_attributes_a_list, "not a readable dataset"),
 }
 
 

@@ -281,7 +281,7 @@ class EpisodeStore:
             root = zarr.open_group(self.path if _is_url(self.path) else str(self.path), mode=zarr_mode,
                                    use_consolidated=False)
             attrs = root.attrs.asdict()
-        except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
+        except (KeyError, ValueError, TypeError, OSError) as exc:  # TypeError: JSON of the wrong shape
             raise DatasetError(f"{self.path} is not a readable dataset: {exc!r}") from None
         if attrs.get("format") != FORMAT:
             raise DatasetError(f"{self.path} is a zarr group but not a robot_stack dataset")
@@ -289,11 +289,21 @@ class EpisodeStore:
             raise DatasetError(f"{self.path}: schema version {attrs.get('schema_version')} not supported")
         self.keys: dict[str, KeySpec] = _stored_schema(self.path, attrs.get("schema"))
         names = ["meta/episode_ends", *(f"meta/episode_{m}" for m in META_DTYPES), *(f"data/{k}" for k in self.keys)]
+        # zarr opens an array below a group whose zarr.json is gone, but cannot list that group:
+        # the hierarchy is no longer one plain zarr can read, so it is damage like a lost array.
+        groups = sorted({name.rsplit("/", depth)[0] for name in names for depth in range(1, name.count("/") + 1)})
+        for group in groups:
+            try:
+                node = root[group]
+            except (KeyError, ValueError, TypeError, OSError):
+                raise DatasetError(f"{self.path}: group {group} is missing or unreadable (its zarr.json)") from None
+            if not isinstance(node, zarr.Group):
+                raise DatasetError(f"{self.path}: {group} is an array, expected a group")
         arrays = {}
         for name in names:
             try:
                 arrays[name] = root[name]
-            except (KeyError, ValueError, OSError) as exc:
+            except (KeyError, ValueError, TypeError, OSError) as exc:
                 raise DatasetError(f"{self.path}: array {name} is missing or unreadable ({exc!r})") from None
             if not isinstance(arrays[name], zarr.Array):
                 raise DatasetError(f"{self.path}: {name} is a group, expected an array")
