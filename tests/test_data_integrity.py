@@ -172,6 +172,15 @@ def _stats_a_string(path):
     zarr.open_group(path, mode="r+").attrs["stats"] = "not statistics"
 
 
+def _planned_episodes_a_string(path):
+    zarr.open_group(path, mode="r+").attrs["planned_episodes"] = "200"
+
+
+def _control_rate_a_string(path):
+    root = zarr.open_group(path, mode="r+")
+    root.attrs["robot"] = {**root.attrs["robot"], "control_rate_hz": "100 Hz"}
+
+
 def _task_attribute_deleted(path):
     del zarr.open_group(path, mode="r+").attrs["task"]
 
@@ -197,6 +206,8 @@ STRUCTURE_DAMAGE = {
     "schema says action float64": (_schema_and_array_say_action_float64, "action"),
     "stats a string": (_stats_a_string, "stats"),
     "task attribute deleted": (_task_attribute_deleted, "task"),
+    "planned_episodes a string": (_planned_episodes_a_string, "planned_episodes"),
+    "robot control rate a string": (_control_rate_a_string, "control_rate_hz"),
     "meta chunk deleted": (_meta_chunk_deleted, "meta/episode_length/c/0"),
     "data group zarr.json deleted": (_data_group_metadata_deleted, "group data"),
     "attributes a list": (_attributes_a_list, "not a readable dataset"),

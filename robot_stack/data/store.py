@@ -371,7 +371,8 @@ class EpisodeStore:
     @property
     def incomplete(self) -> bool:
         """Whether fewer episodes are committed than the writer planned (it stopped early)."""
-        return self.planned_episodes is not None and self.n_episodes < self.planned_episodes
+        planned = self.planned_episodes  # a malformed one is a problem of its own (see problems)
+        return _integer(planned) and self.n_episodes < planned
 
     def plan_episodes(self, more: int) -> None:
         """Record that the writer means to add `more` episodes to the committed ones."""
@@ -634,6 +635,40 @@ def _stored_schema(path, schema) -> dict[str, KeySpec]:
         raise DatasetError(f"{path}: the stored schema is invalid: {exc}") from None
 
 
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value) -> bool:
+    return isinstance(value, list) and all(_number(v) for v in value)
+
+
+# Dataset attributes readers use beside the schema and stats: name -> (valid, what it must be).
+ATTRIBUTE_TYPES = {
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "robot": (lambda v: isinstance(v, dict), "a dict"),
+    "generator": (lambda v: v is None or isinstance(v, dict), "a dict or null"),
+    "planned_episodes": (lambda v: v is None or (_integer(v) and v >= 0), "a non-negative integer or absent"),
+}
+# Fields of the robot description that export, deploy and generate read (each where present:
+# a recording's description holds only what its spec says).
+ROBOT_FIELD_TYPES = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "control_rate_hz": (lambda v: _number(v) and v > 0, "a positive number"),
+    "action_low": (_numbers, "a list of numbers"),
+    "action_high": (_numbers, "a list of numbers"),
+    "joint_names": (lambda v: isinstance(v, list) and all(isinstance(j, str) for j in v), "a list of strings"),
+    "command_interface": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "observation_layout": (lambda v: isinstance(v, list) and all(
+        isinstance(part, dict) and isinstance(part.get("name"), str) and _integer(part.get("size"))
+        and part["size"] > 0 for part in v), "a list of {name, size > 0}"),
+}
+
+
 def _structure_problems(store: EpisodeStore) -> list[Problem]:
     """The invariants readers rely on, from metadata and the chunk listing (no data read).
 
@@ -641,12 +676,13 @@ def _structure_problems(store: EpisodeStore) -> list[Problem]:
     problems: list[Problem] = []
     raw, n_eps, n_steps = store._raw_ends, store.n_episodes, store.n_steps
     attrs = store._attrs
-    for name, types, expected in (("task", str, "a string"), ("robot", dict, "a dict"),
-                                  ("generator", (dict, type(None)), "a dict or null"),
-                                  ("planned_episodes", (int, type(None)), "an integer or absent")):
-        value = attrs.get(name)
-        if not isinstance(value, types) or isinstance(value, bool):
-            problems.append(Problem(f"the {name} attribute is {value!r:.40}, expected {expected}"))
+    for name, (valid, expected) in ATTRIBUTE_TYPES.items():
+        if not valid(attrs.get(name)):
+            problems.append(Problem(f"the {name} attribute is {attrs.get(name)!r:.40}, expected {expected}"))
+    robot = attrs.get("robot") if isinstance(attrs.get("robot"), dict) else {}
+    for name, (valid, expected) in ROBOT_FIELD_TYPES.items():
+        if name in robot and not valid(robot[name]):
+            problems.append(Problem(f"the robot attribute's {name} is {robot[name]!r:.40}, expected {expected}"))
 
     ends_array = store._ends_array
     if ends_array.ndim != 1 or ends_array.dtype != np.int64:
