@@ -122,6 +122,17 @@ def test_damaged_chunk_is_named_in_one_line_by_every_verb(dataset, trained_run, 
         assert not (tmp_path / "p.onnx").exists()
 
 
+@pytest.mark.parametrize("chunk", ["data/observation/c/0/0", "meta/episode_task/c/0"])
+def test_an_append_to_a_dataset_whose_last_chunk_is_damaged_is_one_line_and_writes_nothing(dataset, chunk):
+    # a commit rewrites the chunk holding the last committed rows, so it must decode first
+    damaged = dataset / chunk
+    damaged.write_bytes(damaged.read_bytes()[:-5])
+    before = snapshot(dataset)
+    assert_one_line_error(cli("sim", "collect", "--task", TASK, "--episodes", "1", "--max-steps", "5",
+                              "--out", dataset, "--quiet"), chunk)
+    assert snapshot(dataset) == before
+
+
 def test_dataset_without_checksums_reads_as_before_and_names_a_truncated_chunk(dataset):
     observation = EpisodeStore.open(dataset).read("observation")
     # as written before chunks carried a crc32c: zarr's default codecs

@@ -32,8 +32,10 @@ have none and still read), and a chunk that does not decode is a DatasetError na
 checks, from metadata and the chunk listing only, the invariants every reader relies on:
 episode_ends a strictly increasing prefix followed by at most one unwritten -1, every data array
 as long as the committed steps with the schema's shape and dtype, every chunk of committed rows
-present and non-empty, the stats attribute well-formed and not ahead of episode_ends. A broken
-one is refused in one line (`problems` lists them; `data check` reports them all). Only crash
+present and non-empty, the groups' own zarr.json present, the attributes (and the robot
+description's fields readers use) of their types, the stats attribute well-formed and not ahead
+of episode_ends; opening to append also decodes the chunk holding each array's last committed
+rows, which the next commit rewrites. A broken one is refused in one line (`problems` lists them; `data check` reports them all). Only crash
 leftovers and the stats are repairable; anything else is reported and never "repaired".
 
 One writer at a time: mode "a" and create take an exclusive flock on the dataset directory (no
@@ -323,10 +325,22 @@ class EpisodeStore:
         # their checksums are known to be good, and loads the stats then, through stats()).
         self._stats: dict[str, RunningStats] | None = None
         if self._raise_problems:
+            if self.mode == "a":
+                self._decode_last_chunks()
             self._stats = self._load_stats()
             if self.mode == "a" and self._stats_steps != self.n_steps:
                 with _writing(self.path):
                     self._write_stats()
+
+    def _decode_last_chunks(self) -> None:
+        """Decode the chunk holding the last committed rows of every data and meta array: the
+        next commit rewrites it with those rows, so a damaged one must stop an append before
+        anything (stats, planned episodes, new rows) is written."""
+        arrays = [(arr, self.n_steps) for arr in self._data.values()]
+        arrays += [(arr, self.n_episodes) for arr in self._meta.values()]
+        for arr, rows in arrays:
+            if rows:
+                read_rows(arr, (rows - 1) - (rows - 1) % arr.chunks[0], rows, self.path)
 
     def close(self) -> None:
         """Release the writer lock. An open streaming episode stays uncommitted."""
