@@ -374,3 +374,22 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_is_one_line(collecte
         proc.wait()
     assert (run_dir / "config.json").exists() and not (run_dir / "checkpoint.pt").exists()
     assert_one_line_error(cli("train", "--resume", run_dir), "no checkpoint", str(run_dir))
+
+
+def test_a_truncated_run_or_generator_file_is_one_line(collected, trained_run, tmp_path):
+    run_dir, generator = tmp_path / "run", tmp_path / "generator"
+    shutil.copytree(trained_run, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "out": str(run_dir)}))  # resume this copy
+    proc = cli("train-generator", "--kind", "diffusion", "--dataset", collected, "--out", generator,
+               "--steps", "2", "--horizon", "8")
+    assert proc.returncode == 0, proc.stderr
+    for saved in (run_dir / "checkpoint.pt", generator / "weights.pt"):
+        saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])  # as a kill mid-copy leaves it
+
+    assert_one_line_error(cli("train", "--resume", run_dir), "checkpoint.pt", "truncated")
+    assert_one_line_error(cli("export", run_dir, "--out", tmp_path / "p.onnx"), "checkpoint.pt", "truncated")
+    assert_one_line_error(cli("generate", "--generator", generator, "--episodes", "2", "--out",
+                              tmp_path / "synthetic.zarr"), "weights.pt", "truncated")
+    (run_dir / "config.json").write_text(json.dumps(config)[:40])
+    assert_one_line_error(cli("train", "--resume", run_dir), "config.json", "not a run configuration")

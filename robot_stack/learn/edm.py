@@ -21,6 +21,7 @@ from torch import nn
 
 from robot_stack.data import EpisodeStore
 from robot_stack.errors import ConfigError
+from robot_stack.learn.files import load_torch_file
 from robot_stack.learn.trajectories import (
     ChannelNormalizer,
     TrajectoryLayout,
@@ -236,7 +237,8 @@ class DiffusionGenerator:
         layout = TrajectoryLayout(**meta["layout"])
         gen = cls(DiffusionConfig.from_dict(meta["config"]), layout,
                   ChannelNormalizer.from_dict(meta["normalizer"]), meta.get("source"))
-        gen.denoiser.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        gen.denoiser.load_state_dict(load_torch_file(weights_path, "the generator's weights file",
+                                                     map_location="cpu", weights_only=True))
         return gen
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from robot_stack.errors import ConfigError, DatasetError
+from robot_stack.learn.files import load_torch_file
 
 ALGOS = ("td3bc", "iql")
 SYNTHETIC_KINDS = ("none", "diffusion", "pgd", "world-model")
@@ -155,8 +156,7 @@ def check_dataset_fingerprint(trained_on: dict, store, path: str) -> None:
 
 def check_trained_on(run_dir: str | Path, store, path: str) -> None:
     """check_dataset_fingerprint against the run's checkpoint."""
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
-    check_dataset_fingerprint(state["dataset"], store, path)
+    check_dataset_fingerprint(load_checkpoint(run_dir)["dataset"], store, path)
 
 
 def resolve_reward_fn(cfg: TrainConfig, store) -> Callable | None:
@@ -367,7 +367,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     source = SyntheticSource(cfg, run_dir, store, log) if cfg.synthetic != "none" else None
     synthetic, regen_round, step = None, 0, 0
     if resume:
-        state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
+        state = load_checkpoint(run_dir, cfg.device)
         check_dataset_fingerprint(state["dataset"], store, cfg.dataset)
         agent.load_state_dict(state["agent"])
         sampler.load_state_dict(state["sampler"])
@@ -434,16 +434,24 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a training run (no config.json)")
-    return TrainConfig(**json.loads(path.read_text()))
+    try:
+        return TrainConfig(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:  # TypeError: not an object of TrainConfig's fields
+        raise ConfigError(f"{path} is not a run configuration ({exc})") from None
+
+
+def load_checkpoint(run_dir: str | Path, device: str = "cpu") -> dict:
+    """The state a run saved in checkpoint.pt (one ConfigError when it does not load)."""
+    return load_torch_file(Path(run_dir) / "checkpoint.pt", "the run's checkpoint", map_location=device,
+                           weights_only=False)
 
 
 def load_policy(run_dir: str | Path):
     """The trained agent of a run, from its checkpoint (its actor has log_prob and act)."""
     cfg = load_run_config(run_dir)
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.is_file():
+    if not (Path(run_dir) / "checkpoint.pt").is_file():
         raise ConfigError(f"{run_dir} has no checkpoint.pt yet")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(run_dir)
     dims = state["dims"]
     # Placeholder statistics: the actor's normaliser buffers come from the checkpoint.
     agent = build_agent(cfg.algo, dims["act"], np.zeros(dims["obs"]), np.ones(dims["obs"]),

@@ -25,6 +25,7 @@ from torch import nn
 
 from robot_stack.data import EpisodeStore
 from robot_stack.errors import ConfigError, DatasetError
+from robot_stack.learn.files import load_torch_file
 from robot_stack.learn.nets import VectorizedLinear
 from robot_stack.learn.replay import TransitionBuffer
 from robot_stack.learn.trajectories import dataset_fingerprint
@@ -185,7 +186,8 @@ class WorldModel:
     def from_meta(cls, meta: dict, weights_path: Path) -> "WorldModel":
         model = cls(WorldModelConfig.from_dict(meta["config"]), meta["obs_dim"], meta["act_dim"],
                     meta["stats"], meta.get("source"))
-        model.net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        model.net.load_state_dict(load_torch_file(weights_path, "the generator's weights file",
+                                                  map_location="cpu", weights_only=True))
         model.elites = list(meta["elites"])
         return model
 
