@@ -312,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     except RobotStackError as exc:
         print(f"robot-stack: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Where a verb writes its outputs (run folder, ONNX file, plots) the file system can be
+        # read-only or full: the system's own reason and the path say all there is to say.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"robot-stack: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

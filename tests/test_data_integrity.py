@@ -263,7 +263,7 @@ def tmpfs(directory: Path, size: str):
         subprocess.run(["umount", str(directory)], check=True)
 
 
-def test_read_only_dataset_is_read_and_refuses_writes_in_one_line(collected, tmp_path):
+def test_read_only_dataset_is_read_and_refuses_writes_in_one_line(collected, trained_run, tmp_path):
     with tmpfs(tmp_path / "ro", "16m") as mount:
         path = mount / "ds.zarr"
         shutil.copytree(collected, path)
@@ -280,6 +280,10 @@ def test_read_only_dataset_is_read_and_refuses_writes_in_one_line(collected, tmp
                                   "--out", path, "--quiet"), "Read-only file system")
         assert_one_line_error(cli("sim", "collect", "--task", TASK, "--episodes", "1", "--max-steps", "5",
                                   "--out", mount / "new.zarr", "--quiet"), "Read-only file system")
+        assert_one_line_error(cli("train", "--dataset", path, "--out", mount / "run", "--steps", "2", "--quiet"),
+                              "Read-only file system", str(mount / "run"))
+        assert_one_line_error(cli("export", trained_run, "--out", mount / "p.onnx", "--dataset", path),
+                              "Read-only file system")
         assert snapshot(path) == before
 
 
