@@ -304,6 +304,27 @@ def test_disk_full_during_collect_is_one_line_and_keeps_every_committed_episode(
                 np.testing.assert_array_equal(got[key], expected[key])
 
 
+def test_a_full_disk_at_any_write_of_a_commit_reports_the_commit_as_it_is_on_disk(tmp_path):
+    # The disk fills up at a different write of the commit for each size (data chunks, shapes,
+    # meta, episode_ends, stats): an episode reported failed must not be on disk, and one
+    # reported committed must be.
+    rng = np.random.default_rng(0)
+    episode = {"observation": rng.normal(size=(300, 17)).astype(np.float32),
+               "action": rng.uniform(-1, 1, (300, 6)).astype(np.float32),
+               "reward": rng.normal(size=300).astype(np.float32), "terminal": np.zeros(300, bool),
+               "timestamp": np.arange(300.0)}
+    for size_kib in range(96, 160, 4):
+        with tmpfs(tmp_path / f"disk{size_kib}", f"{size_kib}k") as mount:
+            reported = 0
+            with EpisodeStore.create(mount / "ds.zarr", standard_keys(17, 6), task=TASK,
+                                     robot={"name": "test"}) as store:
+                with contextlib.suppress(DatasetError):
+                    while True:
+                        store.append_episode(episode, source="sim")
+                        reported += 1
+            assert EpisodeStore.open(mount / "ds.zarr").n_episodes == reported, f"{size_kib} KiB"
+
+
 # ---- collect appends -------------------------------------------------------------------------
 def test_collect_appends_to_a_matching_dataset_and_refuses_another_task(tmp_path):
     path, whole = tmp_path / "ds.zarr", tmp_path / "whole.zarr"

@@ -538,7 +538,15 @@ class EpisodeStore:
     def _commit(self, writer: EpisodeWriter, success: int) -> int:
         """Second half of EpisodeWriter.commit: data are on disk, publish the episode."""
         with _writing(self.path):
-            return self._publish(writer, success)
+            index = self._publish(writer, success)
+        try:
+            self._write_stats()
+        except OSError:
+            # The episode is committed (its episode_ends entry is on disk), so the commit must not
+            # be reported as failed. The stats are derived: they stay stale on disk, are caught
+            # up from the data on the next open, and written in full by the next commit.
+            pass
+        return index
 
     def _publish(self, writer: EpisodeWriter, success: int) -> int:
         index, new_steps = self.n_episodes, self.n_steps + writer.n_steps
@@ -554,7 +562,6 @@ class EpisodeStore:
         self.episode_ends = np.append(self.episode_ends, np.int64(new_steps))
         for key, episode_stats in writer.stats.items():
             self._stats[key].merge(episode_stats)
-        self._write_stats()
         return index
 
 
