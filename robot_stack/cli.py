@@ -48,6 +48,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume:
         cfg = load_run_config(args.resume)
+        cfg.out = args.resume  # the run named, also when it was moved or copied from cfg.out
         if args.steps is not None:
             cfg.steps = args.steps
     else:

@@ -405,7 +405,6 @@ def test_a_truncated_run_or_generator_file_is_one_line(collected, trained_run, t
     run_dir, generator = tmp_path / "run", tmp_path / "generator"
     shutil.copytree(trained_run, run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    (run_dir / "config.json").write_text(json.dumps({**config, "out": str(run_dir)}))  # resume this copy
     proc = cli("train-generator", "--kind", "diffusion", "--dataset", collected, "--out", generator,
                "--steps", "2", "--horizon", "8")
     assert proc.returncode == 0, proc.stderr
@@ -418,3 +417,13 @@ def test_a_truncated_run_or_generator_file_is_one_line(collected, trained_run, t
                               tmp_path / "synthetic.zarr"), "weights.pt", "truncated")
     (run_dir / "config.json").write_text(json.dumps(config)[:40])
     assert_one_line_error(cli("train", "--resume", run_dir), "config.json", "not a run configuration")
+
+
+def test_resume_continues_the_run_it_names_not_the_one_a_copy_was_made_from(trained_run, tmp_path):
+    copy = tmp_path / "copied-run"
+    shutil.copytree(trained_run, copy)
+    original = snapshot(trained_run)
+    proc = cli("train", "--resume", copy, "--steps", "3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(trained_run) == original
+    assert json.loads((copy / "result.json").read_text())["steps"] == 3
