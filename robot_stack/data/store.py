@@ -25,7 +25,8 @@ the next episode. Stats are written after episode_ends and carry the step count 
 stale count is caught up from the data on open. Durability against power loss (fsync) is not
 provided: zarr does not fsync, so this protects against process crashes and kills. An OSError
 while writing (disk full, read-only file system) is a one-line DatasetError; it leaves at most an
-uncommitted tail. (LocalStore writes atomically since zarr 3.1.3; see robot_stack/compat.py.)
+uncommitted tail. One in the stats write after the commit point is not an error: the episode is
+committed (and reported so), its stats stale until caught up. (LocalStore writes atomically since zarr 3.1.3; see robot_stack/compat.py.)
 
 Damage. Every chunk ends with its crc32c (zarr's crc32c codec; datasets written before it
 have none and still read), and a chunk that does not decode is a DatasetError naming it. Opening
