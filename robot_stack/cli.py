@@ -44,19 +44,22 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from robot_stack.learn.trainer import TrainConfig, load_run_config, train
+    from robot_stack.learn.trainer import TrainConfig, load_run_config, parse_agent_params, train
 
     if args.resume:
         cfg = load_run_config(args.resume)
         cfg.out = args.resume  # the run named, also when it was moved or copied from cfg.out
         if args.steps is not None:
             cfg.steps = args.steps
+        if args.agent_param:
+            raise RobotStackError("--agent-param cannot change a run being resumed (its config keeps them)")
     else:
         missing = [flag for flag, value in (("--dataset", args.dataset), ("--out", args.out)) if not value]
         if missing:
             raise RobotStackError(f"train needs {' and '.join(missing)} (or --resume RUN)")
         options = {k: v for k, v in vars(args).items()
                    if k in TrainConfig.__dataclass_fields__ and v is not None}
+        options["agent_params"] = parse_agent_params(args.algo or TrainConfig.algo, args.agent_param or [])
         cfg = TrainConfig(**options)
     result = train(cfg, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps(result, indent=2))
@@ -72,13 +75,14 @@ def _train_generator(args: argparse.Namespace) -> int:
 
         cfg = DiffusionConfig(horizon=args.horizon, train_steps=args.steps, seed=args.seed,
                               sample_steps=args.sample_steps)
-        generator = fit_diffusion(args.dataset, args.out, cfg, log=print, log_every=max(1, args.steps // 20))
+        generator = fit_diffusion(args.dataset, args.out, cfg, log=print, log_every=max(1, args.steps // 20),
+                                  reward=args.reward)
     else:
         from robot_stack.learn.world_model import WorldModelConfig, fit_world_model
 
         generator = fit_world_model(args.dataset, args.out,
                                     WorldModelConfig(rollout_horizon=args.rollout_horizon, seed=args.seed),
-                                    log=print)
+                                    log=print, reward=args.reward)
     print(json.dumps({"generator": args.out, "kind": generator.kind, "source": generator.source},
                      indent=2, default=str))
     return 0
@@ -227,8 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--log-every", type=int)
     train.add_argument("--checkpoint-every", type=int)
     train.add_argument("--batch-size", type=int)
-    train.add_argument("--reward", metavar="MODULE:FUNCTION",
-                       help="compute (reward, terminal) from (obs, action, next_obs) at load time")
+    train.add_argument("--reward", metavar="success|MODULE:FUNCTION",
+                       help="rewards for data without them: 'success' (1 on the final step of each "
+                       "episode labelled successful) or a function (obs, action, next_obs) -> "
+                       "(reward, terminal)")
+    train.add_argument("--agent-param", action="append", metavar="NAME=VALUE",
+                       help="set an agent hyperparameter (repeatable): td3bc alpha, tau, policy_noise, "
+                       "noise_clip, ...; iql expectile, beta, tau, ...; hidden_dims=256,256")
     train.add_argument("--synthetic-fraction", type=float, help="synthetic share of each batch")
     train.add_argument("--regen-every", type=int, help="agent steps between synthetic regenerations")
     train.add_argument("--synthetic-size", type=int, help="windows or rollouts per synthetic buffer")
@@ -256,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--sample-steps", type=int, default=16)
     fit.add_argument("--rollout-horizon", type=int, default=5)
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--reward", metavar="success|MODULE:FUNCTION",
+                     help="the rewards the generator learns, as train's --reward (default: the dataset's)")
     fit.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     fit.set_defaults(func=_train_generator)
 

@@ -90,7 +90,7 @@ def _rollout(task, policy, seed: int, n_steps: int) -> dict[str, np.ndarray]:
     observations, actions, rewards, terminals = [], [], [], []
     for _ in range(n_steps):
         # Stored actions are float32: step with exactly the stored value so the data replays.
-        action = np.clip(policy.act(obs), -1.0, 1.0).astype(np.float32)
+        action = np.clip(policy.act(obs), task.action_space.low, task.action_space.high).astype(np.float32)
         observations.append(obs)
         actions.append(action)
         obs, reward, terminal, truncated, _ = task.step(action)

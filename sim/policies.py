@@ -1,6 +1,6 @@
 """Behaviour policies that produce non-trivial datasets without any learning.
 
-- ``RandomPolicy``: actions uniform in [-1, 1].
+- ``RandomPolicy``: actions uniform within the task's action bounds.
 - ``ScriptedPolicy``: a per-task central pattern generator (CPG) with torso-pitch feedback and
   joint-space damping/stiffness,
       a_j = clip(b_j + A_j sin(2π f t + φ_j) + kp_j θ + kd_j θ' - g_j q_j - d_j q'_j
@@ -9,7 +9,8 @@
   of the joint actuator j drives (g = d = 0 gives a pure open-loop CPG; g > 0 turns it into PD
   tracking of the target (b + A sin(...)) / g, which keeps a biped upright). The parameters
   were found once by a cross-entropy search (``python -m sim.tune_scripted``) and are shipped as constants
-  below; the Gaussian noise widens the state coverage of the collected data.
+  below; the Gaussian noise widens the state coverage of the collected data. It computes in the
+  suite task's [-1, 1] and commands in the task's units (see sim.tasks, rescaled tasks).
 """
 
 from __future__ import annotations
@@ -81,19 +82,20 @@ SCRIPTED_PARAMS: dict[str, CPGParams] = {
 
 class RandomPolicy:
     def __init__(self, task: SimTask, seed: int = 0):
-        self._act_dim = task.act_dim
+        self._low, self._high = task.action_space.low, task.action_space.high
         self._rng = np.random.default_rng(seed)
 
     def reset(self) -> None:
         pass
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        return self._rng.uniform(-1.0, 1.0, self._act_dim)
+        return self._rng.uniform(self._low, self._high)
 
 
 class ScriptedPolicy:
     def __init__(self, task: SimTask, params: CPGParams, noise: float = 0.0, seed: int = 0):
         self._dt = task.control_dt
+        self._action_space = task.action_space
         self._params = params
         self._amplitude = np.array(params.amplitude)
         self._phase = np.array(params.phase)
@@ -123,7 +125,7 @@ class ScriptedPolicy:
         if self._noise > 0:
             action = action + self._noise * self._rng.standard_normal(action.shape)
         self._t += 1
-        return np.clip(action, -1.0, 1.0)
+        return self._action_space.to_robot(np.clip(action, -1.0, 1.0))
 
 
 def make_policy(name: str, task: SimTask, noise: float = 0.3, seed: int = 0):
@@ -131,11 +133,11 @@ def make_policy(name: str, task: SimTask, noise: float = 0.3, seed: int = 0):
     if name == "random":
         return RandomPolicy(task, seed=seed)
     if name == "scripted":
-        if task.name not in SCRIPTED_PARAMS:
+        if task.suite_name not in SCRIPTED_PARAMS:
             raise SimError(f"no scripted policy parameters for task {task.name!r}")
         if noise < 0:
             raise SimError(f"noise must be >= 0, got {noise}")
-        return ScriptedPolicy(task, SCRIPTED_PARAMS[task.name], noise=noise, seed=seed)
+        return ScriptedPolicy(task, SCRIPTED_PARAMS[task.suite_name], noise=noise, seed=seed)
     raise SimError(f"unknown policy {name!r}; choose 'random' or 'scripted'")
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from sim.policies import make_policy, rollout_return
-from sim.tasks import TASK_NAMES, SimError, make_task
+from sim.tasks import TASK_NAMES, SimError, make_task, suite_task
 
 REFERENCE_RETURNS: dict[str, dict[str, float]] = {
     "cheetah-run": {"random": 3.47, "expert": 918.2},
     "walker-walk": {"random": 32.65, "expert": 980.6},
     "hopper-hop": {"random": 0.012, "expert": 321.8},
 }
+# A rescaled task is its suite task commanded in other units: same returns, same references.
+REFERENCE_RETURNS.update({name: REFERENCE_RETURNS[suite_task(name)] for name in TASK_NAMES
+                          if name not in REFERENCE_RETURNS})
 REFERENCE_EPISODES = 10
 
 # The scripted behaviour policy (sim/policies.py), measured like the random reference:

@@ -29,6 +29,7 @@ from absl import logging as absl_logging  # noqa: E402
 from dm_control import suite  # noqa: E402
 from dm_control.rl.control import PhysicsError  # noqa: E402
 
+from robot_stack.action_space import ActionSpace  # noqa: E402
 from robot_stack.errors import RobotStackError  # noqa: E402
 
 # task name -> (dm_control domain, dm_control task)
@@ -37,7 +38,15 @@ _SUITE_TASKS = {
     "walker-walk": ("walker", "walk"),
     "hopper-hop": ("hopper", "hop"),
 }
-TASK_NAMES = tuple(_SUITE_TASKS)
+# Suite tasks commanded in other units: the same body, dynamics and reward, but each actuator
+# takes commands in its own, asymmetric range (as a real robot's gripper in m and joints in rad
+# do), mapped affinely onto the suite's [-1, 1] inside the task.
+# name -> (suite task, action_low, action_high)
+_RESCALED_TASKS = {
+    "cheetah-run-scaled": ("cheetah-run", (0.0, -2.9, -0.5, 0.0, -2.9, -0.5),
+                           (0.04, 2.9, 2.0, 0.04, 2.9, 2.0)),
+}
+TASK_NAMES = tuple(_SUITE_TASKS) + tuple(_RESCALED_TASKS)
 ROOT_X_JOINT = "rootx"  # the horizontal slide joint of every planar suite body
 MAX_EPISODE_STEPS = 1000  # the suite's 1000-step time limit; these tasks never terminate early
 
@@ -46,15 +55,21 @@ class SimError(RobotStackError):
     """A task name, state or action given to the simulator is invalid."""
 
 
+def suite_task(name: str) -> str:
+    """The suite task a task runs (itself, or the one a rescaled task commands in other units)."""
+    return _RESCALED_TASKS[name][0] if name in _RESCALED_TASKS else name
+
+
 def make_task(name: str) -> "SimTask":
     return SimTask(name)
 
 
 class SimTask:
     def __init__(self, name: str):
-        if name not in _SUITE_TASKS:
+        if name not in TASK_NAMES:
             raise SimError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
-        domain, task_name = _SUITE_TASKS[name]
+        self.suite_name = suite_task(name)
+        domain, task_name = _SUITE_TASKS[self.suite_name]
         # The suite's models use a compiler attribute MuJoCo 3.x deprecates; its warning, logged
         # through absl on every load, says nothing actionable to our users.
         verbosity = absl_logging.get_verbosity()
@@ -86,6 +101,10 @@ class SimTask:
             raise SimError(f"{name}: expected motor (effort) actuators only")
         self.actuator_joint_ids = model.actuator_trnid[:, 0].copy()
         self.act_dim = int(model.nu)
+        # Actions are given in the task's units; MuJoCo's actuators take the suite's [-1, 1].
+        bounds = _RESCALED_TASKS[name][1:] if name in _RESCALED_TASKS else ([-1.0] * self.act_dim,
+                                                                            [1.0] * self.act_dim)
+        self.action_space = ActionSpace(*bounds)
         self.obs_dim = len(self._qpos_kept) + int(model.nv)
 
         # step_from runs on its own MjData so that it never disturbs the running episode.
@@ -127,9 +146,9 @@ class SimTask:
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (self.act_dim,):
             raise SimError(f"{self.name}: action must have shape ({self.act_dim},), got {action.shape}")
-        # minimum/maximum are several times faster than np.clip on tiny arrays; they keep NaN
-        # (caught by the sum below) and map +-inf to the bounds.
-        action = np.minimum(np.maximum(action, -1.0), 1.0)
+        # Clipped to the bounds and mapped onto the actuators' [-1, 1] (the identity for suite
+        # tasks); NaN stays NaN (caught by the sum below), +-inf goes to the bounds.
+        action = self.action_space.normalize(action)
         if not math.isfinite(action.sum()):
             raise SimError(f"{self.name}: action contains NaN")
         return action
@@ -225,12 +244,11 @@ class SimTask:
                                "unit": units[0] if model.jnt_type[j] == slide else units[1]})
         return {
             "name": self.name,
-            "simulator": f"mujoco {mujoco.__version__}, dm_control suite {_SUITE_TASKS[self.name]}",
+            "simulator": f"mujoco {mujoco.__version__}, dm_control suite {_SUITE_TASKS[self.suite_name]}",
             "joint_names": list(self.joint_names),
             "actuator_names": list(self.actuator_names),
             "control_rate_hz": 1.0 / self.control_dt,
-            "action_low": [-1.0] * self.act_dim,
-            "action_high": [1.0] * self.act_dim,
+            **self.action_space.to_dict(),
             "command_interface": "effort",
             "max_episode_steps": self.max_steps,
             "observation_layout": layout,

@@ -85,8 +85,11 @@ def validate_datasets(paths: list[str], task_name: str, policy=None, max_samples
     position within its episode (a synthetic window or rollout, or a recorded episode). Errors of
     all datasets are normalised by the observation std of the first dataset, so they compare.
     At most `max_samples` transitions per dataset are checked (a seeded random subset).
-    `policy` is an actor with log_prob(obs, action) (a trained run's), or None.
+    `policy` is an actor with log_prob(obs, action) (a trained run's), or None. Datasets hold
+    actions in robot units, which the task takes as they are; the policy's likelihood is of the
+    actions normalised with each dataset's bounds (ActionSpace), as the policy acts.
     """
+    from robot_stack.action_space import ActionSpace
     from robot_stack.data import EpisodeStore
 
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
@@ -103,6 +106,9 @@ def validate_datasets(paths: list[str], task_name: str, policy=None, max_samples
             raise SimError(f"{path} holds {store.task} data, not {task_name}")
         if store.n_episodes == 0:
             raise SimError(f"{path}: no committed episodes to validate")
+        if ActionSpace.of_store(store).to_dict() != task.action_space.to_dict():
+            raise SimError(f"{path}: action bounds {ActionSpace.of_store(store).to_dict()} differ from "
+                           f"{task_name}'s {task.action_space.to_dict()}")
         if state_std is None:
             state_std = store.stats()["observation"]["std"]
         ends = np.asarray(store.episode_ends)
@@ -124,7 +130,8 @@ def validate_datasets(paths: list[str], task_name: str, policy=None, max_samples
                   "dynamics_mse": err["mean"], "per_dim_mse": err["per_dim"].tolist(),
                   "by_horizon": by_horizon, "reward_mse": err["reward_mse"], "n_invalid": err["n_invalid"]}
         if policy is not None:
-            report["policy_log_likelihood"] = _mean_log_likelihood(policy, obs[index], act[index])
+            report["policy_log_likelihood"] = _mean_log_likelihood(
+                policy, obs[index], ActionSpace.of_store(store).normalize(act[index]))
         reports.append(report)
     return {"task": task_name, "normalised_by": f"observation std of {paths[0]}", "datasets": reports}
 

@@ -96,10 +96,12 @@ def test_transitions_pair_each_step_with_its_successor_within_episodes(dataset, 
                                rtol=1e-5)
 
 
+ONE_ACTUATOR = {"name": "slider", "action_low": [-1.0], "action_high": [1.0]}
+
+
 def write_store(path, episodes):
     keys = standard_keys(obs_dim=2, act_dim=1)
-    robot = make_task(TASK).robot_description()
-    store = EpisodeStore.create(path, keys, task=TASK, robot=robot)
+    store = EpisodeStore.create(path, keys, task="slider", robot=ONE_ACTUATOR)
     for ep in episodes:
         store.append_episode(ep, source="teleop")
     return store
@@ -122,7 +124,7 @@ def test_terminal_final_steps_are_kept_and_reward_fn_replaces_rewards(tmp_path):
     def reward_fn(obs, act, next_obs):  # progress along x, as a teleop reward would be
         return next_obs[:, 0] - obs[:, 0], None
 
-    batch = TransitionBuffer.from_store(store, reward_fn=reward_fn).all()
+    batch = TransitionBuffer.from_store(store, reward=reward_fn).all()
     # Episode 1: 3 steps, the last terminal and kept; episode 2: 4 steps, the last dropped.
     np.testing.assert_array_equal(batch.observations[:, 0].numpy(), [0, 1, 2, 100, 101, 102])
     np.testing.assert_array_equal(batch.next_observations[:, 0].numpy(), [1, 2, 2, 101, 102, 103])
@@ -140,8 +142,7 @@ def test_datasets_without_transitions_raise_dataset_error(tmp_path):
         TransitionBuffer.from_store(single_steps)
     keys = standard_keys(obs_dim=2, act_dim=1)
     keys["observation/joints"] = keys.pop("observation")  # a layout the agents do not read
-    no_obs = EpisodeStore.create(tmp_path / "no_obs.zarr", keys, task=TASK,
-                                 robot=make_task(TASK).robot_description())
+    no_obs = EpisodeStore.create(tmp_path / "no_obs.zarr", keys, task="slider", robot=ONE_ACTUATOR)
     with pytest.raises(DatasetError, match="'observation'"):
         TransitionBuffer.from_store(no_obs)
     with pytest.raises(DatasetError, match="rewards contain NaN"):

@@ -133,6 +133,15 @@ def test_an_append_to_a_dataset_whose_last_chunk_is_damaged_is_one_line_and_writ
     assert snapshot(dataset) == before
 
 
+def test_a_flipped_bit_is_caught_by_the_chunk_checksum(dataset):
+    chunk = dataset / "data/action/c/0/0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10  # silent corruption: same size, still a valid-looking file
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="data/action/c/0/0 is damaged.*checksum"):
+        EpisodeStore.open(dataset).read("action")
+
+
 def test_dataset_without_checksums_reads_as_before_and_names_a_truncated_chunk(dataset):
     observation = EpisodeStore.open(dataset).read("observation")
     # as written before chunks carried a crc32c: zarr's default codecs
@@ -347,6 +356,7 @@ def test_collect_appends_to_a_matching_dataset_and_refuses_another_task(tmp_path
 # ---- writers killed before they finished ----------------------------------------------------
 GENERATE = textwrap.dedent("""
     import sys, numpy as np
+    from robot_stack.action_space import ActionSpace
     from robot_stack.learn.synthetic import write_synthetic_dataset
     rng = np.random.default_rng(0)
     n, length = 200, 400
@@ -355,7 +365,7 @@ GENERATE = textwrap.dedent("""
              "reward": rng.normal(size=(n, length)).astype(np.float32),
              "terminal": np.zeros((n, length), bool)}
     write_synthetic_dataset(sys.argv[1], steps, task="cheetah-run", robot={"control_rate_hz": 100.0},
-                            generator_attrs={"kind": "test"})
+                            generator_attrs={"kind": "test"}, action_space=ActionSpace([-1.0] * 6, [1.0] * 6))
 """)
 
 
@@ -365,7 +375,7 @@ def test_a_writer_killed_early_leaves_a_dataset_that_says_it_is_incomplete(tmp_p
     command = (CLI + ["sim", "collect", "--task", TASK, "--episodes", "200", "--max-steps", "200",
                       "--out", str(path), "--quiet"] if writer == "sim collect"
                else [sys.executable, "-c", GENERATE, str(path)])
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -373,9 +383,10 @@ def test_a_writer_killed_early_leaves_a_dataset_that_says_it_is_incomplete(tmp_p
                 if EpisodeStore.open(path).n_episodes >= 2:
                     break
             time.sleep(0.05)
+        assert proc.poll() is None, f"the writer ended before it was killed: {proc.stderr.read()}"
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.communicate()
     committed = EpisodeStore.open(path).n_episodes
     assert 2 <= committed < 200
 

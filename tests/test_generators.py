@@ -113,7 +113,8 @@ def test_diffusion_fits_real_trajectories(dataset, generator_dir):
     # weighted EDM loss of unit-variance data starts near 1
     assert generator.source["final_loss"] < 0.75
 
-    untrained = DiffusionGenerator(generator.cfg, generator.layout, generator.normalizer)
+    untrained = DiffusionGenerator(generator.cfg, generator.layout, generator.normalizer,
+                                   generator.action_space)
     std = obs_std(dataset)
     errors = {}
     for name, gen in (("trained", generator), ("untrained", untrained)):

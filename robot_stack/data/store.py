@@ -291,7 +291,8 @@ class EpisodeStore:
         if attrs.get("schema_version") != SCHEMA_VERSION:
             raise DatasetError(f"{self.path}: schema version {attrs.get('schema_version')} not supported")
         self.keys: dict[str, KeySpec] = _stored_schema(self.path, attrs.get("schema"))
-        names = ["meta/episode_ends", *(f"meta/episode_{m}" for m in META_DTYPES), *(f"data/{k}" for k in self.keys)]
+        names = ["meta/episode_ends", *(f"meta/episode_{m}" for m in META_DTYPES),
+                 *(f"data/{k}" for k in self.keys)]
         # zarr opens an array below a group whose zarr.json is gone, but cannot list that group:
         # the hierarchy is no longer one plain zarr can read, so it is damage like a lost array.
         groups = sorted({name.rsplit("/", depth)[0] for name in names for depth in range(1, name.count("/") + 1)})
@@ -521,8 +522,9 @@ class EpisodeStore:
     def trim_uncommitted(self) -> None:
         """Drop rows and meta entries beyond the committed episodes, and stale temporary files."""
         self._require_writable()
-        if any(not p.repairable for p in self.problems):
-            raise DatasetError(f"{self.path}: not trimming: {next(p for p in self.problems if not p.repairable).text}")
+        unrepairable = [p.text for p in self.problems if not p.repairable]
+        if unrepairable:
+            raise DatasetError(f"{self.path}: not trimming: {unrepairable[0]}")
         with _writing(self.path):
             for arr in self._data.values():
                 if arr.shape[0] != self.n_steps:

@@ -1,8 +1,9 @@
 """Export a training run's policy to one self-describing ONNX file.
 
 The graph maps the robot's raw observation to the robot's action: observation normalisation
-(inside the actor) and the scaling of the actor's [-1, 1] output to the dataset robot's
-action_low/high are both part of it, so a runtime needs nothing but the file. The file's
+(inside the actor) and the one mapping of the actor's normalised [-1, 1] output to the dataset
+robot's units (ActionSpace, action_low/high) are both part of it, so a runtime needs nothing but
+the file. The file's
 metadata_props carry what a runtime must check before driving a robot (JSON-encoded values):
 
     observation_layout, joint_names, action_low, action_high, control_rate_hz, task,
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robot_stack.action_space import ActionSpace
 from robot_stack.deploy.runtime import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
 from robot_stack.errors import ConfigError
 
@@ -37,15 +39,14 @@ PARITY_ATOL = 1e-5
 
 
 class DeployedPolicy(nn.Module):
-    """actor (un-normalised obs -> [-1, 1]) followed by the affine map onto [low, high]."""
+    """actor (un-normalised obs -> normalised [-1, 1]) followed by ActionSpace.to_robot's affine
+    map onto the robot's [low, high]."""
 
-    def __init__(self, actor: nn.Module, action_low: np.ndarray, action_high: np.ndarray):
+    def __init__(self, actor: nn.Module, action_space: ActionSpace):
         super().__init__()
         self.actor = actor
-        low = torch.as_tensor(np.asarray(action_low, np.float32))
-        high = torch.as_tensor(np.asarray(action_high, np.float32))
-        self.register_buffer("half_range", (high - low) / 2)
-        self.register_buffer("center", (high + low) / 2)
+        self.register_buffer("half_range", torch.as_tensor(action_space.half_range, dtype=torch.float32))
+        self.register_buffer("center", torch.as_tensor(action_space.center, dtype=torch.float32))
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         return self.center + self.half_range * self.actor(observation)
@@ -75,14 +76,11 @@ def export_policy(run_dir: str | Path, out_path: str | Path, *, dataset: str | N
     agent = load_policy(run_dir)
     check_trained_on(run_dir, store, dataset or cfg.dataset)
     robot = store.robot
-    missing = [k for k in ("action_low", "action_high", "observation_layout") if k not in robot]
-    if missing:
-        raise ConfigError(f"dataset {dataset or cfg.dataset}: robot description lacks {missing}")
+    if "observation_layout" not in robot:
+        raise ConfigError(f"dataset {dataset or cfg.dataset}: robot description lacks its observation_layout")
     obs_dim, act_dim = store.keys["observation"].shape[0], store.keys["action"].shape[0]
-    if len(robot["action_low"]) != act_dim:
-        raise ConfigError(f"dataset robot has {len(robot['action_low'])} action bounds, "
-                          f"the action has {act_dim} values")
-    policy = DeployedPolicy(agent.actor.cpu().eval(), robot["action_low"], robot["action_high"])
+    action_space = ActionSpace.of_store(store)
+    policy = DeployedPolicy(agent.actor.cpu().eval(), action_space)
 
     metadata = {
         "robot_stack_format": FORMAT_VERSION,
@@ -93,8 +91,7 @@ def export_policy(run_dir: str | Path, out_path: str | Path, *, dataset: str | N
         "act_dim": act_dim,
         "observation_layout": robot["observation_layout"],
         "joint_names": list(robot.get("joint_names", [])),
-        "action_low": [float(x) for x in robot["action_low"]],
-        "action_high": [float(x) for x in robot["action_high"]],
+        **action_space.to_dict(),
         "control_rate_hz": float(robot.get("control_rate_hz", 0.0)),
         "training_run": str(run_dir.resolve()),
         "training_config": dataclasses.asdict(cfg),

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from robot_stack.action_space import ActionSpace
 from robot_stack.data import EpisodeStore
 from robot_stack.errors import ConfigError
 from robot_stack.learn.files import load_torch_file
+from robot_stack.learn.rewards import RewardFn
 from robot_stack.learn.trajectories import (
     ChannelNormalizer,
     TrajectoryLayout,
@@ -189,11 +191,13 @@ class DiffusionGenerator:
     kind = "diffusion"
 
     def __init__(self, cfg: DiffusionConfig, layout: TrajectoryLayout, normalizer: ChannelNormalizer,
-                 source: dict | None = None, denoiser: EDMDenoiser | None = None):
+                 action_space: ActionSpace, source: dict | None = None,
+                 denoiser: EDMDenoiser | None = None):
         cfg.validate()
         self.cfg = cfg
         self.layout = layout
         self.normalizer = normalizer
+        self.action_space = action_space  # its windows' actions are normalised with these bounds
         self.source = source or {}
         self.denoiser = denoiser or EDMDenoiser(UNet1D(layout.channels, cfg.unet), cfg.sigma_data)
         self.denoiser.eval().requires_grad_(False)
@@ -215,7 +219,7 @@ class DiffusionGenerator:
 
     def sample_decoded(self, n_windows: int, guide: GuidanceHook | None = None,
                      n_steps: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-        """Decoded per-step arrays (n_windows, H, ...) in environment units."""
+        """Decoded per-step arrays (n_windows, H, ...); actions normalised into [-1, 1]."""
         return decode_windows(self.sample_windows(n_windows, guide, n_steps, seed), self.layout, self.normalizer)
 
     def save(self, out_dir: str | Path) -> Path:
@@ -226,6 +230,7 @@ class DiffusionGenerator:
             "config": self.cfg.to_dict(),
             "layout": {"obs_dim": self.layout.obs_dim, "act_dim": self.layout.act_dim},
             "normalizer": self.normalizer.to_dict(),
+            "action_space": self.action_space.to_dict(),
             "source": self.source,
         }
         torch.save(self.denoiser.state_dict(), out / "weights.pt")
@@ -236,7 +241,9 @@ class DiffusionGenerator:
     def from_meta(cls, meta: dict, weights_path: Path) -> "DiffusionGenerator":
         layout = TrajectoryLayout(**meta["layout"])
         gen = cls(DiffusionConfig.from_dict(meta["config"]), layout,
-                  ChannelNormalizer.from_dict(meta["normalizer"]), meta.get("source"))
+                  ChannelNormalizer.from_dict(meta["normalizer"]),
+                  ActionSpace(meta["action_space"]["action_low"], meta["action_space"]["action_high"]),
+                  meta.get("source"))
         gen.denoiser.load_state_dict(load_torch_file(weights_path, "the generator's weights file",
                                                      map_location="cpu", weights_only=True))
         return gen
@@ -244,14 +251,16 @@ class DiffusionGenerator:
 
 def fit_diffusion(dataset_path: str | Path, out_dir: str | Path | None,
                   cfg: DiffusionConfig | None = None, log: Callable[[str], None] | None = None,
-                  log_every: int = 500) -> DiffusionGenerator:
-    """Train a trajectory diffusion generator on a dataset; saves it to out_dir when given."""
+                  log_every: int = 500, reward: str | RewardFn | None = None) -> DiffusionGenerator:
+    """Train a trajectory diffusion generator on a dataset; saves it to out_dir when given.
+
+    `reward` labels the reward channel as the trainer does (rewards.step_rewards)."""
     cfg = cfg or DiffusionConfig()
     cfg.validate()
     with EpisodeStore.open(str(dataset_path), mode="r") as store:
-        data = load_windows(store, cfg.horizon, cfg.stride)
+        data = load_windows(store, cfg.horizon, cfg.stride, reward=reward)
         source = {"path": str(dataset_path), "fingerprint": dataset_fingerprint(store), "task": store.task,
-                  "n_windows": int(len(data.windows))}
+                  "n_windows": int(len(data.windows)), "reward": data.reward_source}
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     denoiser = EDMDenoiser(UNet1D(data.layout.channels, cfg.unet), cfg.sigma_data)
@@ -266,7 +275,7 @@ def fit_diffusion(dataset_path: str | Path, out_dir: str | Path | None,
             log(f"diffusion step {step + 1}/{cfg.train_steps} loss {np.mean(losses[-log_every:]):.4f} "
                 f"({(step + 1) / (time.perf_counter() - t0):.1f} steps/s)")
     source["final_loss"] = float(np.mean(losses[-100:])) if losses else None
-    result = DiffusionGenerator(cfg, data.layout, data.normalizer, source, ema.module)
+    result = DiffusionGenerator(cfg, data.layout, data.normalizer, data.action_space, source, ema.module)
     if out_dir is not None:
         result.save(out_dir)
     return result

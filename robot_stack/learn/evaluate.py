@@ -18,7 +18,7 @@ def is_sim_task(name: str | None) -> bool:
 
 def evaluate_policy(act: ActFn, task_name: str, episodes: int = 5, seed: int = 0,
                     max_steps: int | None = None) -> dict:
-    """Mean and std of the undiscounted return of `act` (obs -> action in [-1, 1]) over
+    """Mean and std of the undiscounted return of `act` (obs -> action in the task's units) over
     `episodes` episodes from reset(seed + i), with the normalised return of the mean.
 
     Seeds are offset from the collection seeds by the caller's choice of `seed`.

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from robot_stack.action_space import ActionSpace
 from robot_stack.learn.edm import (
     EMA,
     DiffusionConfig,
@@ -45,7 +46,7 @@ class RowByRowGuidance(PolicyGuidance):
 def _identity_generator(obs_dim: int, act_dim: int, cfg: DiffusionConfig) -> DiffusionGenerator:
     layout = TrajectoryLayout(obs_dim, act_dim)
     normalizer = ChannelNormalizer(np.zeros(layout.channels), np.ones(layout.channels))
-    return DiffusionGenerator(cfg, layout, normalizer)
+    return DiffusionGenerator(cfg, layout, normalizer, ActionSpace(-np.ones(act_dim), np.ones(act_dim)))
 
 
 def bench_diffusion_train(obs_dim: int = 17, act_dim: int = 6, cfg: DiffusionConfig | None = None,

@@ -9,7 +9,8 @@ with a the normalised pre-tanh actions, states detached, and
 lambda_k = lambda * ((1 - k/N) + c_cos * sin(pi (k+1) / N)), zero at the final step.
 
 The policy is any object with `log_prob(obs, action) -> (B,)` on torch tensors (obs in
-environment units, action in [-1, 1]); the agents' actors provide it.
+environment units, action normalised into [-1, 1] as the windows' actions are, see
+action_space.py); the agents' actors provide it.
 """
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ The three losses are computed from the networks as they were before this step (C
 computes each from pre-update values, with the targets detached), so one backward pass over
 their sum gives each network its own gradient and one fused Adam step updates all three.
 
-Actions are in [-1, 1]; observations are un-normalised at the interface and normalised inside
-the actor with the dataset statistics.
+Actions are normalised into [-1, 1] from the robot's units with the dataset's bounds
+(action_space.py); observations are un-normalised at the interface and normalised inside the
+actor with the dataset statistics.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class GaussianActor(TanhMLPActor):
         return gaussian_log_prob(action, self.forward_normalized(obs_normalized), log_std)
 
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """log pi(action | obs) per sample, shape (B,); obs un-normalised, action in [-1, 1].
+        """log pi(action | obs) per sample, shape (B,); obs un-normalised, action normalised.
 
         Differentiable in action (PGD's guidance gradient) and in the actor's parameters.
         """
@@ -98,6 +99,8 @@ class IQL(OfflineAgent):
         self.config = config = config or IQLConfig()
         if not 0.0 < config.expectile < 1.0:
             raise ConfigError(f"expectile must be in (0, 1), got {config.expectile}")
+        if config.beta < 0 or not 0 < config.tau <= 1:
+            raise ConfigError(f"IQL needs beta >= 0 and tau in (0, 1], got {config.beta}, {config.tau}")
         self.device = torch.device(device)
         obs_dim = len(obs_mean)
         normalizer = make_normalizer(obs_mean, obs_std, config.normalize_states)

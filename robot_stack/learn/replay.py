@@ -11,20 +11,19 @@ depends only on the seed, and state_dict()/load_state_dict() resume it exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from robot_stack.action_space import ActionSpace
 from robot_stack.errors import ConfigError, DatasetError
-
-RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+from robot_stack.learn.rewards import RewardFn, step_rewards
 
 
 class Batch(NamedTuple):
     observations: torch.Tensor       # (B, obs_dim) float32, un-normalised
-    actions: torch.Tensor            # (B, act_dim) in [-1, 1]
+    actions: torch.Tensor            # (B, act_dim) normalised into [-1, 1] (ActionSpace)
     rewards: torch.Tensor            # (B,)
     next_observations: torch.Tensor  # (B, obs_dim)
     terminals: torch.Tensor          # (B,) float32, 1.0 where the episode ended in a terminal state
@@ -37,7 +36,8 @@ class TransitionBuffer:
     """
 
     def __init__(self, observations, actions, rewards, next_observations, terminals,
-                 device: str | torch.device = "cpu", episode_returns: np.ndarray | None = None):
+                 device: str | torch.device = "cpu", episode_returns: np.ndarray | None = None,
+                 reward_source: str | None = None):
         columns = [np.asarray(observations, np.float32), np.asarray(actions, np.float32),
                    np.asarray(rewards, np.float32), np.asarray(next_observations, np.float32),
                    np.asarray(terminals, np.float32)]
@@ -57,6 +57,7 @@ class TransitionBuffer:
             np.concatenate([obs, act, rew[:, None], next_obs, term[:, None]], axis=1)).to(device)
         # Sum of the kept rewards per source episode (CORL's reward scaling uses their range).
         self.episode_returns = episode_returns
+        self.reward_source = reward_source  # StepRewards.source of data from a store
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -74,47 +75,35 @@ class TransitionBuffer:
         return self.unpack(self.data)
 
     @classmethod
-    def from_store(cls, store, reward_fn: RewardFn | None = None,
+    def from_store(cls, store, reward: str | RewardFn | None = None,
                    device: str | torch.device = "cpu") -> TransitionBuffer:
         """Transitions of every committed episode of an EpisodeStore.
 
-        reward_fn(obs, act, next_obs) -> (reward (N,), terminal (N,) or None) replaces the
-        stored rewards (for recordings without a task reward, e.g. teleop); with terminal
-        None the stored terminal flags are kept. It is called once with all transitions; for
-        kept terminal final steps next_obs equals obs.
+        Actions are normalised into [-1, 1] with the dataset's action bounds (ActionSpace).
+        `reward` chooses the rewards and terminals (rewards.step_rewards: the stored ones by
+        default, "success", or a function of (obs, act, next_obs)).
         """
-        # The store's schema requires action, reward and terminal; observation is optional.
         if "observation" not in store.keys:
             raise DatasetError(f"dataset has no 'observation' key (keys: {sorted(store.keys)})")
         if store.n_episodes == 0:
             raise DatasetError("dataset has no committed episodes")
+        action_space = ActionSpace.of_store(store)
         ends = np.asarray(store.episode_ends, dtype=np.int64)
         n_steps = int(ends[-1])
-        obs = store.read("observation", 0, n_steps)
-        act = store.read("action", 0, n_steps)
-        terminal = store.read("terminal", 0, n_steps).astype(bool)
+        labels = step_rewards(store, reward)
         is_last = np.zeros(n_steps, dtype=bool)
         is_last[ends - 1] = True
-        keep = ~is_last | terminal
+        keep = ~is_last | labels.terminal
         if not keep.any():
             raise DatasetError("dataset has no transitions: every episode is a single step")
-        next_index = np.where(is_last, np.arange(n_steps), np.arange(n_steps) + 1)
-        next_obs = obs[next_index][keep]
-        obs, act, terminal = obs[keep], act[keep], terminal[keep]
-        if reward_fn is None:
-            reward = store.read("reward", 0, n_steps)[keep]
-        else:
-            reward, fn_terminal = reward_fn(obs, act, next_obs)
-            reward = np.asarray(reward, dtype=np.float32).reshape(-1)
-            if reward.shape[0] != obs.shape[0]:
-                raise DatasetError(f"reward_fn returned {reward.shape[0]} rewards for "
-                                   f"{obs.shape[0]} transitions")
-            if fn_terminal is not None:
-                terminal = np.asarray(fn_terminal, dtype=bool).reshape(obs.shape[0])
+        obs = store.read("observation", 0, n_steps)
+        next_obs = obs[np.where(is_last, np.arange(n_steps), np.arange(n_steps) + 1)][keep]
+        act = action_space.normalize(store.read("action", 0, n_steps)[keep])
+        reward, terminal = labels.reward[keep], labels.terminal[keep]
         episode_index = np.searchsorted(ends, np.flatnonzero(keep), side="right")
         episode_returns = np.bincount(episode_index, weights=reward, minlength=len(ends))
-        return cls(obs, act, reward, next_obs, terminal, device=device,
-                   episode_returns=episode_returns)
+        return cls(obs[keep], act, reward, next_obs, terminal, device=device,
+                   episode_returns=episode_returns, reward_source=labels.source)
 
 
 class ReplaySampler:

@@ -2,8 +2,9 @@
 
 Generated windows / rollouts go either to disk, as an episode-store dataset (one episode per
 window or rollout, source "synthetic", the generator and its settings in the `generator`
-attribute) that can be inspected and validated in MuJoCo like any recording, or straight into
-flat transition arrays for an agent's synthetic buffer.
+attribute, actions in robot units like a recording's) that can be inspected and validated in
+MuJoCo like any recording, or straight into flat transition arrays for an agent's synthetic
+buffer (actions normalised into [-1, 1], as the agents' real batches).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from robot_stack.action_space import ActionSpace
 from robot_stack.data import EpisodeStore, standard_keys
 from robot_stack.errors import ConfigError, DatasetError
 from robot_stack.learn.edm import DiffusionGenerator
@@ -37,7 +39,10 @@ def load_generator(directory: str | Path) -> Generator:
     kind = meta.get("kind")
     if kind not in GENERATOR_KINDS:
         raise ConfigError(f"{config}: unknown generator kind {kind!r} (known: {sorted(GENERATOR_KINDS)})")
-    return GENERATOR_KINDS[kind].from_meta(meta, weights)
+    try:
+        return GENERATOR_KINDS[kind].from_meta(meta, weights)
+    except KeyError as e:  # e.g. "action_space", which generators fitted before it existed lack
+        raise ConfigError(f"{config}: no {e} entry; fit this generator again") from None
 
 
 def _dims(generator: Generator) -> tuple[int, int]:
@@ -62,6 +67,9 @@ def open_source_dataset(generator: Generator, dataset: str | Path | None = None)
             f"dataset {path} has observation/action shapes {got[0]}/{got[1]} but the generator "
             f"was trained on ({obs_dim},)/({act_dim},)"
         )
+    if ActionSpace.of_store(store).to_dict() != generator.action_space.to_dict():
+        raise DatasetError(f"dataset {path} has action bounds {ActionSpace.of_store(store).to_dict()} "
+                           f"but the generator was trained on {generator.action_space.to_dict()}")
     return store
 
 
@@ -81,7 +89,8 @@ def generate_steps(generator: Generator, n_episodes: int, policy: Any = None,
 
     Diffusion: guided by `policy` (an object with log_prob) when given and guidance.lam != 0.
     World model: rollouts of `policy` (callable obs -> action, or an object with act) from
-    `start_states`, drawn from the source dataset when not given.
+    `start_states`, drawn from the source dataset when not given. Policies, like the agents'
+    actors, take and give actions normalised into [-1, 1]; so are the returned actions.
     """
     if n_episodes < 1:
         raise ConfigError(f"number of episodes to generate must be >= 1, got {n_episodes}")
@@ -116,8 +125,9 @@ def synthetic_transitions(generator: Generator, n_episodes: int, policy: Any = N
 
 
 def write_synthetic_dataset(out: str | Path, steps: dict[str, np.ndarray], *, task: str, robot: dict,
-                            generator_attrs: dict):
-    """Write per-step arrays (N, L, ...) as N synthetic episodes of a new episode store.
+                            generator_attrs: dict, action_space: ActionSpace):
+    """Write per-step arrays (N, L, ...), actions in [-1, 1], as N synthetic episodes of a new
+    episode store, actions mapped to robot units with `action_space`.
 
     Returns the new store opened read-only."""
     n, length, obs_dim = steps["observation"].shape
@@ -130,7 +140,7 @@ def write_synthetic_dataset(out: str | Path, steps: dict[str, np.ndarray], *, ta
         for i in range(n):
             store.append_episode({
                 "observation": steps["observation"][i],
-                "action": steps["action"][i],
+                "action": action_space.to_robot(steps["action"][i]).astype(np.float32),
                 "reward": steps["reward"][i],
                 "terminal": steps["terminal"][i],
                 "timestamp": timestamp,
@@ -157,4 +167,5 @@ def generate(generator: Generator, policy: Any = None, guidance: GuidanceConfig 
     attrs = {"kind": generator.kind, "settings": settings, "policy": policy_name,
              "source_dataset": {"path": str(dataset or generator.source.get("path")),
                                 "fingerprint": generator.source.get("fingerprint")}}
-    return write_synthetic_dataset(out, steps, task=source.task, robot=source.robot, generator_attrs=attrs)
+    return write_synthetic_dataset(out, steps, task=source.task, robot=source.robot, generator_attrs=attrs,
+                                   action_space=generator.action_space)

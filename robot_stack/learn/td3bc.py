@@ -6,8 +6,9 @@ lambda = alpha / mean|Q1|, Polyak-averaged targets updated with the actor. Diffe
 not change the arithmetic: the twin critics are one EnsembleCritic (batched matmul), Adam is
 fused, and the actor's loss is backpropagated into the actor's parameters only.
 
-Actions are in [-1, 1] (max_action = 1); observations are un-normalised at the interface and
-normalised inside the actor with the dataset statistics.
+Actions are normalised into [-1, 1] (max_action = 1) from the robot's units with the dataset's
+bounds (action_space.py); observations are un-normalised at the interface and normalised inside
+the actor with the dataset statistics.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class DeterministicActor(TanhMLPActor):
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """log N(action; pi(obs), I) per sample, shape (B,).
 
-        obs is un-normalised, action in [-1, 1] env space. Differentiable in action: its
+        obs is un-normalised, action normalised into [-1, 1] (action_space.py). Differentiable in action: its
         gradient, pi(obs) - action, pulls guided actions towards the actor's choice.
         """
         return gaussian_log_prob(action, self(obs), torch.zeros((), device=action.device))
@@ -63,6 +64,9 @@ class TD3BC(OfflineAgent):
         self.config = config = config or TD3BCConfig()
         if config.policy_freq < 1:
             raise ConfigError(f"policy_freq must be >= 1, got {config.policy_freq}")
+        if min(config.alpha, config.policy_noise, config.noise_clip) < 0 or not 0 < config.tau <= 1:
+            raise ConfigError(f"TD3+BC needs alpha, policy_noise, noise_clip >= 0 and tau in (0, 1], got "
+                              f"{config.alpha}, {config.policy_noise}, {config.noise_clip}, {config.tau}")
         self.device = torch.device(device)
         obs_dim = len(obs_mean)
         normalizer = make_normalizer(obs_mean, obs_std, config.normalize_states)

@@ -15,19 +15,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gc
-import importlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from robot_stack.errors import ConfigError, DatasetError
+from robot_stack.action_space import ActionSpace
+from robot_stack.errors import ConfigError
 from robot_stack.learn.files import load_torch_file
+from robot_stack.learn.rewards import first_line
 
 ALGOS = ("td3bc", "iql")
 SYNTHETIC_KINDS = ("none", "diffusion", "pgd", "world-model")
@@ -47,7 +48,9 @@ class TrainConfig:
     log_every: int = 1_000
     checkpoint_every: int = 10_000
     batch_size: int = 256
-    reward: str | None = None        # "module:function" computing rewards at load time
+    reward: str | None = None        # "success" or "module:function" computing rewards (rewards.py)
+    # Overrides of the agent's hyperparameters (TD3BCConfig / IQLConfig fields), e.g. {"alpha": 10}
+    agent_params: dict = field(default_factory=dict)
     # Synthetic data (pgd-method.md; the reference sizes are shrunk for a CPU).
     synthetic_fraction: float = 0.5  # share of each batch (reference: 240/256)
     regen_every: int = 10_000        # agent steps between buffer regenerations
@@ -80,56 +83,11 @@ class TrainConfig:
             raise ConfigError(f"--synthetic-fraction must be in [0, 1), got {self.synthetic_fraction}")
         if self.synthetic != "none" and self.synthetic_size < 1:
             raise ConfigError("--synthetic-size must be >= 1")
-
-
-def load_reward_fn(spec: str) -> Callable:
-    """Import "package.module:function"; it is called as fn(obs, act, next_obs) -> (reward, terminal|None)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"--reward must look like module:function, got {spec!r}")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load reward function {spec!r}: {e}") from e
-    if not callable(fn):
-        raise ConfigError(f"reward function {spec!r} is not callable")
-    return checked_reward_fn(fn, spec)
-
-
-def checked_reward_fn(fn: Callable, spec: str) -> Callable:
-    """`fn` with its failures and malformed results as one-line ConfigErrors naming it: a
-    user's function fails in user code, and its traceback says nothing about our contract."""
-
-    def reward_fn(obs, act, next_obs):
-        try:
-            result = fn(obs, act, next_obs)
-        except Exception as e:
-            raise ConfigError(f"reward function {spec} raised {type(e).__name__}: "
-                              f"{_first_line(e)}") from None
-        if not isinstance(result, tuple) or len(result) != 2:
-            raise ConfigError(f"reward function {spec} must return a pair (reward, terminal or "
-                              f"None), got {type(result).__name__}")
-        reward, terminal = result
-        try:
-            reward = np.asarray(reward, dtype=np.float64)
-            terminal = None if terminal is None else np.asarray(terminal, dtype=bool)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"reward function {spec} returned values that are not numbers: "
-                              f"{_first_line(e)}") from None
-        n = len(obs)
-        if reward.shape != (n,) or (terminal is not None and terminal.shape != (n,)):
-            raise ConfigError(f"reward function {spec} must return {n} rewards and {n} terminal "
-                              f"flags (or None) for {n} transitions, got shapes {reward.shape} "
-                              f"and {None if terminal is None else terminal.shape}")
-        if not np.isfinite(reward).all():
-            raise ConfigError(f"reward function {spec} returned NaN or infinite rewards")
-        return reward, terminal
-
-    return reward_fn
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [""])[0]
+        settable = agent_param_types(self.algo)
+        unknown = sorted(set(self.agent_params) - set(settable))
+        if unknown:
+            raise ConfigError(f"unknown --agent-param {', '.join(unknown)} for {self.algo}: choose from "
+                              f"{', '.join(settable)}")
 
 
 def check_device(device: str) -> None:
@@ -138,7 +96,7 @@ def check_device(device: str) -> None:
     try:
         torch.zeros(1, device=device)
     except (RuntimeError, AssertionError) as e:  # torch raises both for unusable devices
-        raise ConfigError(f"--device {device!r} cannot be used here: {_first_line(e)}") from None
+        raise ConfigError(f"--device {device!r} cannot be used here: {first_line(e)}") from None
 
 
 def check_dataset_fingerprint(trained_on: dict, store, path: str) -> None:
@@ -159,53 +117,82 @@ def check_trained_on(run_dir: str | Path, store, path: str) -> None:
     check_dataset_fingerprint(load_checkpoint(run_dir)["dataset"], store, path)
 
 
-def resolve_reward_fn(cfg: TrainConfig, store) -> Callable | None:
-    """The reward function to apply at load time, or None to use the stored rewards.
+# Set by the trainer from its own options (--batch-size, --steps), not by --agent-param.
+TRAINER_SET_PARAMS = ("batch_size", "max_steps")
 
-    Recordings made without a reward stream have no `reward` key; for those the user names a
-    function, or the dataset's task is a sim task, which ships its own.
-    """
-    if cfg.reward:
-        return load_reward_fn(cfg.reward)
-    if "reward" in store.keys:
-        return None
-    from robot_stack.learn.evaluate import is_sim_task
 
-    if is_sim_task(store.task):
-        from sim.rewards import task_reward_fn
+def agent_config_class(algo: str):
+    if algo == "td3bc":
+        from robot_stack.learn.td3bc import TD3BCConfig
 
-        return task_reward_fn(store.task)
-    raise DatasetError(
-        f"dataset {cfg.dataset} has no rewards (task {store.task!r} is not a sim task that ships "
-        "a reward): pass --reward module:function computing (reward, terminal) from "
-        "(observation, action, next_observation)")
+        return TD3BCConfig
+    from robot_stack.learn.iql import IQLConfig
+
+    return IQLConfig
+
+
+def agent_param_types(algo: str) -> dict[str, type]:
+    """The agent hyperparameters --agent-param may set, with the type of each."""
+    if algo not in ALGOS:
+        return {}
+    defaults = agent_config_class(algo)()
+    return {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(defaults)
+            if f.name not in TRAINER_SET_PARAMS}
+
+
+def parse_agent_params(algo: str, assignments: list[str]) -> dict:
+    """["alpha=10", "hidden_dims=64,64"] -> {"alpha": 10.0, "hidden_dims": [64, 64]}, typed
+    like the agent config's fields."""
+    types, params = agent_param_types(algo), {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in types:
+            raise ConfigError(f"--agent-param wants NAME=VALUE with NAME one of {', '.join(types)} "
+                              f"({algo}), got {assignment!r}")
+        kind = types[name]
+        try:
+            if kind is tuple:
+                params[name] = [int(x) for x in text.split(",")]
+            elif kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                params[name] = text.lower() in ("true", "1")
+            else:
+                params[name] = kind(text)
+        except ValueError:
+            raise ConfigError(f"--agent-param {name}: {text!r} is not a valid {kind.__name__}") from None
+    return params
 
 
 def agent_config(cfg: TrainConfig, buffer) -> dict:
-    """The agent's hyperparameters: reference defaults, with the run's batch size and schedule."""
+    """The agent's hyperparameters: reference defaults, with the run's batch size and schedule,
+    then the run's --agent-param overrides."""
     if cfg.algo == "td3bc":
-        return {"batch_size": cfg.batch_size}
+        return {"batch_size": cfg.batch_size, **cfg.agent_params}
     from robot_stack.learn.iql import return_range_reward_scale
 
     returns = buffer.episode_returns
     scale = return_range_reward_scale(returns) if len(returns) > 1 and np.ptp(returns) > 0 else 1.0
-    return {"batch_size": cfg.batch_size, "max_steps": cfg.steps, "reward_scale": scale}
+    return {"batch_size": cfg.batch_size, "max_steps": cfg.steps, "reward_scale": scale,
+            **cfg.agent_params}
 
 
 def build_agent(algo: str, act_dim: int, obs_mean: np.ndarray, obs_std: np.ndarray, config: dict,
                 seed: int = 0, device: str = "cpu"):
     if algo == "td3bc":
-        from robot_stack.learn.td3bc import TD3BC as Agent, TD3BCConfig as Config
+        from robot_stack.learn.td3bc import TD3BC as Agent
     else:
-        from robot_stack.learn.iql import IQL as Agent, IQLConfig as Config
+        from robot_stack.learn.iql import IQL as Agent
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return Agent(act_dim, obs_mean, obs_std, Config(**config), seed=seed, device=device)
+    return Agent(act_dim, obs_mean, obs_std, agent_config_class(algo)(**config), seed=seed, device=device)
 
 
 class SyntheticSource:
     """Owns the generator and refills the synthetic buffer with the current actor."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, store, log: Callable[[str], None]):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, store, reward_source: str,
+                 log: Callable[[str], None]):
         from robot_stack.learn.synthetic import load_generator
 
         self.cfg = cfg
@@ -219,6 +206,10 @@ class SyntheticSource:
         from robot_stack.learn.synthetic import open_source_dataset
 
         open_source_dataset(self.generator, cfg.dataset)  # shapes must match the training data
+        learned = self.generator.source.get("reward")
+        if learned != reward_source:
+            raise ConfigError(f"generator {directory} learned the rewards of {learned!r}, this run trains on "
+                              f"{reward_source!r}: fit one with train-generator --reward as this run's")
         self.start_states = store.read("observation")
 
     def _fit(self, directory: Path, log) -> object:
@@ -228,14 +219,15 @@ class SyntheticSource:
 
             log("training the world-model ensemble")
             return fit_world_model(cfg.dataset, directory,
-                                   WorldModelConfig(rollout_horizon=cfg.rollout_horizon, seed=cfg.seed), log)
+                                   WorldModelConfig(rollout_horizon=cfg.rollout_horizon, seed=cfg.seed), log,
+                                   reward=cfg.reward)
         from robot_stack.learn.edm import DiffusionConfig, fit_diffusion
 
         log(f"training the trajectory diffusion model ({cfg.generator_steps} steps)")
         return fit_diffusion(cfg.dataset, directory,
                              DiffusionConfig(horizon=cfg.horizon, train_steps=cfg.generator_steps,
                                              sample_steps=cfg.sample_steps, seed=cfg.seed),
-                             log, log_every=max(1, cfg.generator_steps // 10))
+                             log, log_every=max(1, cfg.generator_steps // 10), reward=cfg.reward)
 
     def fill(self, actor, round_index: int):
         """A new TransitionBuffer; `round_index` seeds it and decides guidance (round 0: none)."""
@@ -357,14 +349,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     eval_task = cfg.eval_task or (store.task if is_sim_task(store.task) else None)
     if cfg.eval_task and not is_sim_task(cfg.eval_task):
         raise ConfigError(f"--eval-task {cfg.eval_task!r} is not a sim task")
-    buffer = TransitionBuffer.from_store(store, resolve_reward_fn(cfg, store), device=cfg.device)
+    action_space = ActionSpace.of_store(store)
+    if eval_task:
+        from sim import make_task
+
+        task_bounds = make_task(eval_task).action_space.to_dict()
+        if task_bounds != action_space.to_dict():
+            raise ConfigError(f"--eval-task {eval_task} takes actions in {task_bounds}, the dataset's "
+                              f"robot in {action_space.to_dict()}")
+    buffer = TransitionBuffer.from_store(store, cfg.reward, device=cfg.device)
     obs_stats = store.stats()["observation"]
     agent = build_agent(cfg.algo, buffer.act_dim, obs_stats["mean"], obs_stats["std"],
                         agent_config(cfg, buffer), seed=cfg.seed, device=cfg.device)
     if cfg.compile:
         agent.compile_losses()
     sampler = ReplaySampler(buffer, seed=cfg.seed)
-    source = SyntheticSource(cfg, run_dir, store, log) if cfg.synthetic != "none" else None
+    source = SyntheticSource(cfg, run_dir, store, buffer.reward_source, log) if cfg.synthetic != "none" else None
     synthetic, regen_round, step = None, 0, 0
     if resume:
         state = load_checkpoint(run_dir, cfg.device)
@@ -415,7 +415,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             values["updates_per_s"] = cfg.log_every / max(time.perf_counter() - start, 1e-9)
             losses, start = {}, time.perf_counter()
             if eval_task and (step % cfg.eval_every == 0 or step == cfg.steps):
-                last_eval = evaluate_policy(agent.act, eval_task, cfg.eval_episodes, seed=10_000)
+                # The agent acts in [-1, 1]; the task takes the robot's units.
+                last_eval = evaluate_policy(lambda obs: action_space.to_robot(agent.act(obs)), eval_task,
+                                            cfg.eval_episodes, seed=10_000)
                 values["mean_return"] = last_eval["mean_return"]
                 values["normalized_return"] = last_eval["normalized_return"]
                 bar.set_postfix(norm_return=f"{last_eval['normalized_return']:.1f}")

@@ -1,10 +1,11 @@
 """Trajectory windows for the diffusion generator: windowing, encoding and decoding.
 
-A step is encoded as the row [s_t, atanh(clip(a_t, -0.999, 0.999)), r_t, terminal_t] and every
-channel is z-scored with dataset statistics. A window of H consecutive steps from one episode is
-one training item; windows never cross an episode boundary. Decoding reverses the encoding
-(tanh on actions, terminals thresholded at 0.5) and turns a window of L steps into L-1
-transitions with s' = s_{t+1}.
+A step is encoded as the row [s_t, atanh(clip(a_t, -0.999, 0.999)), r_t, terminal_t], with a_t
+the action normalised into [-1, 1] (ActionSpace) and r_t, terminal_t the labels the trainer
+uses (rewards.step_rewards), and every channel is z-scored with dataset statistics. A window of
+H consecutive steps from one episode is one training item; windows never cross an episode
+boundary. Decoding reverses the encoding (tanh on actions, which stay normalised; terminals
+thresholded at 0.5) and turns a window of L steps into L-1 transitions with s' = s_{t+1}.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robot_stack.action_space import ActionSpace
 from robot_stack.errors import ConfigError, DatasetError
+from robot_stack.learn.rewards import RewardFn, step_rewards
 
 ACTION_CLIP = 0.999
 
@@ -79,7 +82,7 @@ class ChannelNormalizer:
 
 def encode_rows(observation: np.ndarray, action: np.ndarray, reward: np.ndarray,
                 terminal: np.ndarray) -> np.ndarray:
-    """Raw (un-normalised) rows (T, obs_dim + act_dim + 2) float64 for T steps."""
+    """Raw (un-normalised) rows (T, obs_dim + act_dim + 2) float64 for T steps; actions in [-1, 1]."""
     if not (len(observation) == len(action) == len(reward) == len(terminal)):
         raise DatasetError(
             f"step arrays differ in length: observation {len(observation)}, action {len(action)}, "
@@ -112,10 +115,10 @@ def dataset_fingerprint(store) -> str:
     """Short hash of a dataset's episode layout and statistics, to tell datasets apart."""
     h = hashlib.sha256()
     h.update(np.asarray(store.episode_ends, dtype=np.int64).tobytes())
+    stats = store.stats()
     for key in ("observation", "action", "reward"):
-        if key not in store.keys:  # recordings without a reward signal
-            continue
-        h.update(np.asarray(store.stats()[key]["mean"], dtype=np.float64).tobytes())
+        if key in stats:  # recordings without a reward signal have no `reward` key
+            h.update(np.asarray(stats[key]["mean"], dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -126,20 +129,26 @@ class WindowDataset:
     windows: np.ndarray
     layout: TrajectoryLayout
     normalizer: ChannelNormalizer
+    action_space: ActionSpace  # the dataset's action bounds, for decoding to robot units
+    reward_source: str         # what labelled the reward channel (StepRewards.source)
 
 
 def load_windows(store, horizon: int = 32, stride: int = 8,
-                 normalizer: ChannelNormalizer | None = None) -> WindowDataset:
+                 normalizer: ChannelNormalizer | None = None,
+                 reward: str | RewardFn | None = None) -> WindowDataset:
     """Encode every step of an episode store and cut it into normalised windows.
 
-    The normaliser is fitted on all committed steps unless one is given (a loaded generator
-    reuses the statistics of the dataset it was trained on).
+    `reward` chooses the reward channel, as for the agents (rewards.step_rewards). The
+    normaliser is fitted on all committed steps unless one is given (a loaded generator reuses
+    the statistics of the dataset it was trained on).
     """
-    for key in ("observation", "action", "reward", "terminal"):
+    for key in ("observation", "action", "terminal"):
         if key not in store.keys:
             raise DatasetError(f"dataset has no '{key}' key; the diffusion generator needs it")
     observation = store.read("observation")
-    rows = encode_rows(observation, store.read("action"), store.read("reward"), store.read("terminal"))
+    labels = step_rewards(store, reward)
+    rows = encode_rows(observation, ActionSpace.of_store(store).normalize(store.read("action")),
+                       labels.reward, labels.terminal)
     layout = TrajectoryLayout(obs_dim=observation.shape[1], act_dim=rows.shape[1] - observation.shape[1] - 2)
     starts = window_starts(store.episode_ends, horizon, stride)
     if len(starts) == 0:
@@ -154,12 +163,14 @@ def load_windows(store, horizon: int = 32, stride: int = 8,
         )
     normalized = normalizer.normalize(rows)
     windows = normalized[starts[:, None] + np.arange(horizon)[None, :]]
-    return WindowDataset(windows=windows, layout=layout, normalizer=normalizer)
+    return WindowDataset(windows=windows, layout=layout, normalizer=normalizer,
+                         action_space=ActionSpace.of_store(store), reward_source=labels.source)
 
 
 def decode_windows(windows: np.ndarray, layout: TrajectoryLayout,
                    normalizer: ChannelNormalizer) -> dict[str, np.ndarray]:
-    """Normalised windows (N, L, C) -> per-step arrays (N, L, ...) in environment units."""
+    """Normalised windows (N, L, C) -> per-step arrays (N, L, ...): observations and rewards in
+    the dataset's units, actions in [-1, 1] (ActionSpace.to_robot gives robot units)."""
     if windows.shape[-1] != layout.channels:
         raise ConfigError(f"windows have {windows.shape[-1]} channels, layout expects {layout.channels}")
     rows = normalizer.unnormalize(np.asarray(windows, dtype=np.float64))

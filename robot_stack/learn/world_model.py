@@ -6,8 +6,9 @@ batches, stop early on a hold-out split, and the members best on that split are 
 for rollouts. Rollouts start from dataset states and follow a given policy; MOPO subtracts
 lambda * (max over elites of the predicted std's norm) from the reward.
 
-The tasks here never terminate, so the model does not learn a termination function: rolled-out
-terminals are always False.
+Actions are normalised into [-1, 1] (ActionSpace), as the agents' are; rewards are the labels
+the trainer uses (rewards.step_rewards). The tasks here never terminate, so the model does not
+learn a termination function: rolled-out terminals are always False.
 """
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robot_stack.action_space import ActionSpace
 from robot_stack.data import EpisodeStore
 from robot_stack.errors import ConfigError, DatasetError
 from robot_stack.learn.files import load_torch_file
 from robot_stack.learn.nets import VectorizedLinear
 from robot_stack.learn.replay import TransitionBuffer
+from robot_stack.learn.rewards import RewardFn
 from robot_stack.learn.trajectories import dataset_fingerprint
 
 
@@ -89,10 +92,13 @@ class GaussianEnsemble(nn.Module):
         return mean, logvar
 
 
-def store_transitions(store) -> dict[str, np.ndarray]:
+def store_transitions(store, reward: str | RewardFn | None = None) -> dict[str, np.ndarray]:
     """The dataset's transitions as numpy arrays, built like the agents' replay buffer."""
-    batch = TransitionBuffer.from_store(store).all()
-    return {name: value.numpy() for name, value in batch._asdict().items() if name != "terminals"}
+    return buffer_transitions(TransitionBuffer.from_store(store, reward))
+
+
+def buffer_transitions(buffer: TransitionBuffer) -> dict[str, np.ndarray]:
+    return {name: value.numpy() for name, value in buffer.all()._asdict().items() if name != "terminals"}
 
 
 class WorldModel:
@@ -101,10 +107,11 @@ class WorldModel:
     kind = "world_model"
 
     def __init__(self, cfg: WorldModelConfig, obs_dim: int, act_dim: int, stats: dict[str, np.ndarray],
-                 source: dict | None = None):
+                 action_space: ActionSpace, source: dict | None = None):
         cfg.validate()
         self.cfg = cfg
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.action_space = action_space  # its actions are normalised with these bounds
         self.stats = {k: np.asarray(v, dtype=np.float32) for k, v in stats.items()}
         self.source = source or {}
         self.net = GaussianEnsemble(cfg.ensemble_size, obs_dim + act_dim, obs_dim + 1, cfg.hidden, cfg.n_layers)
@@ -177,7 +184,8 @@ class WorldModel:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         meta = {"kind": self.kind, "config": self.cfg.to_dict(), "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-                "stats": {k: v.tolist() for k, v in self.stats.items()}, "elites": self.elites, "source": self.source}
+                "stats": {k: v.tolist() for k, v in self.stats.items()}, "elites": self.elites,
+                "action_space": self.action_space.to_dict(), "source": self.source}
         torch.save(self.net.state_dict(), out / "weights.pt")
         (out / "config.json").write_text(json.dumps(meta, indent=2))
         return out
@@ -185,16 +193,20 @@ class WorldModel:
     @classmethod
     def from_meta(cls, meta: dict, weights_path: Path) -> "WorldModel":
         model = cls(WorldModelConfig.from_dict(meta["config"]), meta["obs_dim"], meta["act_dim"],
-                    meta["stats"], meta.get("source"))
+                    meta["stats"],
+                    ActionSpace(meta["action_space"]["action_low"], meta["action_space"]["action_high"]),
+                    meta.get("source"))
         model.net.load_state_dict(load_torch_file(weights_path, "the generator's weights file",
                                                   map_location="cpu", weights_only=True))
         model.elites = list(meta["elites"])
         return model
 
 
-def train_world_model(data: dict[str, np.ndarray], cfg: WorldModelConfig | None = None,
-                      source: dict | None = None, log: Callable[[str], None] | None = None) -> WorldModel:
-    """Fit the ensemble on flat transitions with hold-out early stopping and elite selection."""
+def train_world_model(data: dict[str, np.ndarray], action_space: ActionSpace,
+                      cfg: WorldModelConfig | None = None, source: dict | None = None,
+                      log: Callable[[str], None] | None = None) -> WorldModel:
+    """Fit the ensemble on flat transitions (actions normalised with `action_space`) with
+    hold-out early stopping and elite selection."""
     cfg = cfg or WorldModelConfig()
     cfg.validate()
     n = len(data["observations"])
@@ -206,7 +218,7 @@ def train_world_model(data: dict[str, np.ndarray], cfg: WorldModelConfig | None 
     perm = rng.permutation(n)
     train_idx, hold_idx = perm[n_holdout:], perm[:n_holdout]
     model = WorldModel(cfg, data["observations"].shape[1], data["actions"].shape[1],
-                       WorldModel.fit_stats({k: v[train_idx] for k, v in data.items()}), source)
+                       WorldModel.fit_stats({k: v[train_idx] for k, v in data.items()}), action_space, source)
     t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in data.items()}
     x_all = model._inputs(t["observations"], t["actions"])
     y_all = model._targets(t["observations"], t["actions"], t["rewards"], t["next_observations"])
@@ -261,12 +273,17 @@ def train_world_model(data: dict[str, np.ndarray], cfg: WorldModelConfig | None 
 
 
 def fit_world_model(dataset_path: str | Path, out_dir: str | Path | None,
-                    cfg: WorldModelConfig | None = None, log: Callable[[str], None] | None = None) -> WorldModel:
-    """Train the ensemble on a dataset's transitions; saves it to out_dir when given."""
+                    cfg: WorldModelConfig | None = None, log: Callable[[str], None] | None = None,
+                    reward: str | RewardFn | None = None) -> WorldModel:
+    """Train the ensemble on a dataset's transitions; saves it to out_dir when given.
+
+    `reward` labels the reward head's targets as the trainer does (rewards.step_rewards)."""
     with EpisodeStore.open(str(dataset_path), mode="r") as store:
-        data = store_transitions(store)
-        source = {"path": str(dataset_path), "fingerprint": dataset_fingerprint(store), "task": store.task}
-    model = train_world_model(data, cfg, source, log)
+        buffer = TransitionBuffer.from_store(store, reward)
+        source = {"path": str(dataset_path), "fingerprint": dataset_fingerprint(store), "task": store.task,
+                  "reward": buffer.reward_source}
+        action_space = ActionSpace.of_store(store)
+    model = train_world_model(buffer_transitions(buffer), action_space, cfg, source, log)
     if out_dir is not None:
         model.save(out_dir)
     return model
