@@ -52,6 +52,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume:
         cfg = load_run_config(args.resume)
+        cfg.out = args.resume  # the run named, also when it was moved or copied from cfg.out
         # A resumed run is the run in its config: an option that would change what it learns
         # is refused, not silently ignored. --dataset names the run's data moved elsewhere
         # (checked against the run's fingerprint and robot).
@@ -338,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RobotStackError as exc:
         print(f"robot-stack: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Where a verb writes its outputs (run folder, ONNX file, plots) the file system can be
+        # read-only or full: the system's own reason and the path say all there is to say.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"robot-stack: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,7 @@ subprocesses, as a user runs them.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
@@ -121,6 +122,17 @@ def test_damaged_chunk_is_named_in_one_line_by_every_verb(dataset, trained_run, 
         assert not (tmp_path / "p.onnx").exists()
 
 
+@pytest.mark.parametrize("chunk", ["data/observation/c/0/0", "meta/episode_task/c/0"])
+def test_an_append_to_a_dataset_whose_last_chunk_is_damaged_is_one_line_and_writes_nothing(dataset, chunk):
+    # a commit rewrites the chunk holding the last committed rows, so it must decode first
+    damaged = dataset / chunk
+    damaged.write_bytes(damaged.read_bytes()[:-5])
+    before = snapshot(dataset)
+    assert_one_line_error(cli("sim", "collect", "--task", TASK, "--episodes", "1", "--max-steps", "5",
+                              "--out", dataset, "--quiet"), chunk)
+    assert snapshot(dataset) == before
+
+
 def test_a_flipped_bit_is_caught_by_the_chunk_checksum(dataset):
     chunk = dataset / "data/action/c/0/0"
     data = bytearray(chunk.read_bytes())
@@ -180,12 +192,30 @@ def _stats_a_string(path):
     zarr.open_group(path, mode="r+").attrs["stats"] = "not statistics"
 
 
+def _planned_episodes_a_string(path):
+    zarr.open_group(path, mode="r+").attrs["planned_episodes"] = "200"
+
+
+def _control_rate_a_string(path):
+    root = zarr.open_group(path, mode="r+")
+    root.attrs["robot"] = {**root.attrs["robot"], "control_rate_hz": "100 Hz"}
+
+
 def _task_attribute_deleted(path):
     del zarr.open_group(path, mode="r+").attrs["task"]
 
 
 def _meta_chunk_deleted(path):
     (path / "meta/episode_length/c/0").unlink()
+
+
+def _data_group_metadata_deleted(path):
+    (path / "data/zarr.json").unlink()
+
+
+def _attributes_a_list(path):
+    metadata = json.loads((path / "zarr.json").read_text())
+    (path / "zarr.json").write_text(json.dumps({**metadata, "attributes": ["not", "a", "dict"]}))
 
 
 STRUCTURE_DAMAGE = {
@@ -196,7 +226,11 @@ STRUCTURE_DAMAGE = {
     "schema says action float64": (_schema_and_array_say_action_float64, "action"),
     "stats a string": (_stats_a_string, "stats"),
     "task attribute deleted": (_task_attribute_deleted, "task"),
+    "planned_episodes a string": (_planned_episodes_a_string, "planned_episodes"),
+    "robot control rate a string": (_control_rate_a_string, "control_rate_hz"),
     "meta chunk deleted": (_meta_chunk_deleted, "meta/episode_length/c/0"),
+    "data group zarr.json deleted": (_data_group_metadata_deleted, "group data"),
+    "attributes a list": (_attributes_a_list, "not a readable dataset"),
 }
 
 
@@ -238,7 +272,7 @@ def tmpfs(directory: Path, size: str):
         subprocess.run(["umount", str(directory)], check=True)
 
 
-def test_read_only_dataset_is_read_and_refuses_writes_in_one_line(collected, tmp_path):
+def test_read_only_dataset_is_read_and_refuses_writes_in_one_line(collected, trained_run, tmp_path):
     with tmpfs(tmp_path / "ro", "16m") as mount:
         path = mount / "ds.zarr"
         shutil.copytree(collected, path)
@@ -255,6 +289,10 @@ def test_read_only_dataset_is_read_and_refuses_writes_in_one_line(collected, tmp
                                   "--out", path, "--quiet"), "Read-only file system")
         assert_one_line_error(cli("sim", "collect", "--task", TASK, "--episodes", "1", "--max-steps", "5",
                                   "--out", mount / "new.zarr", "--quiet"), "Read-only file system")
+        assert_one_line_error(cli("train", "--dataset", path, "--out", mount / "run", "--steps", "2", "--quiet"),
+                              "Read-only file system", str(mount / "run"))
+        assert_one_line_error(cli("export", trained_run, "--out", mount / "p.onnx", "--dataset", path),
+                              "Read-only file system")
         assert snapshot(path) == before
 
 
@@ -273,6 +311,27 @@ def test_disk_full_during_collect_is_one_line_and_keeps_every_committed_episode(
             got, expected = store.episode(i), reference.episode(i)
             for key in ("observation", "action", "reward", "terminal"):
                 np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_a_full_disk_at_any_write_of_a_commit_reports_the_commit_as_it_is_on_disk(tmp_path):
+    # The disk fills up at a different write of the commit for each size (data chunks, shapes,
+    # meta, episode_ends, stats): an episode reported failed must not be on disk, and one
+    # reported committed must be.
+    rng = np.random.default_rng(0)
+    episode = {"observation": rng.normal(size=(300, 17)).astype(np.float32),
+               "action": rng.uniform(-1, 1, (300, 6)).astype(np.float32),
+               "reward": rng.normal(size=300).astype(np.float32), "terminal": np.zeros(300, bool),
+               "timestamp": np.arange(300.0)}
+    for size_kib in range(96, 160, 4):
+        with tmpfs(tmp_path / f"disk{size_kib}", f"{size_kib}k") as mount:
+            reported = 0
+            with EpisodeStore.create(mount / "ds.zarr", standard_keys(17, 6), task=TASK,
+                                     robot={"name": "test"}) as store:
+                with contextlib.suppress(DatasetError):
+                    while True:
+                        store.append_episode(episode, source="sim")
+                        reported += 1
+            assert EpisodeStore.open(mount / "ds.zarr").n_episodes == reported, f"{size_kib} KiB"
 
 
 # ---- collect appends -------------------------------------------------------------------------
@@ -351,3 +410,31 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_is_one_line(collecte
         proc.wait()
     assert (run_dir / "config.json").exists() and not (run_dir / "checkpoint.pt").exists()
     assert_one_line_error(cli("train", "--resume", run_dir), "no checkpoint", str(run_dir))
+
+
+def test_a_truncated_run_or_generator_file_is_one_line(collected, trained_run, tmp_path):
+    run_dir, generator = tmp_path / "run", tmp_path / "generator"
+    shutil.copytree(trained_run, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    proc = cli("train-generator", "--kind", "diffusion", "--dataset", collected, "--out", generator,
+               "--steps", "2", "--horizon", "8")
+    assert proc.returncode == 0, proc.stderr
+    for saved in (run_dir / "checkpoint.pt", generator / "weights.pt"):
+        saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])  # as a kill mid-copy leaves it
+
+    assert_one_line_error(cli("train", "--resume", run_dir), "checkpoint.pt", "truncated")
+    assert_one_line_error(cli("export", run_dir, "--out", tmp_path / "p.onnx"), "checkpoint.pt", "truncated")
+    assert_one_line_error(cli("generate", "--generator", generator, "--episodes", "2", "--out",
+                              tmp_path / "synthetic.zarr"), "weights.pt", "truncated")
+    (run_dir / "config.json").write_text(json.dumps(config)[:40])
+    assert_one_line_error(cli("train", "--resume", run_dir), "config.json", "not a run configuration")
+
+
+def test_resume_continues_the_run_it_names_not_the_one_a_copy_was_made_from(trained_run, tmp_path):
+    copy = tmp_path / "copied-run"
+    shutil.copytree(trained_run, copy)
+    original = snapshot(trained_run)
+    proc = cli("train", "--resume", copy, "--steps", "3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(trained_run) == original
+    assert json.loads((copy / "result.json").read_text())["steps"] == 3

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import zarr
 
 from robot_stack.data import EpisodeStore, check
 from robot_stack.data.continuity import episode_gaps
@@ -334,6 +335,12 @@ def test_data_check_reports_stitched_episodes_from_their_stamps(tmp_path):
     assert report.problems == [
         "1 gap(s) in 1 episode(s): data/stamp/applied_commands steps outside (0, 0.5) s, so "
         "the samples around them are not one transition: episode 0 at step 4 (+5.000 s)"]
+
+    root = zarr.open_group(tmp_path / "stitched.zarr", mode="r+")
+    root.attrs["robot"] = {k: v for k, v in root.attrs["robot"].items() if k != "spec"}
+    assert check(tmp_path / "stitched.zarr").problems == [
+        "cannot check continuity: the dataset has data/stamp/* keys but its robot attribute holds no "
+        "recording spec"]
 
 
 # ----- a stalled recorder over real DDS -----

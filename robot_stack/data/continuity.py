@@ -68,9 +68,14 @@ def episode_gaps(clock: np.ndarray, max_step: float) -> np.ndarray:
 def check_store(store, problem) -> None:
     """`data check`: report episodes whose samples are not contiguous by the recording's own
     spec and rate (stored in the dataset's robot description), via problem(text). Datasets
-    without a recording spec or stamps (collected in-process, synthetic) have nothing to check."""
+    without stamps (collected in-process, synthetic) have nothing to check; a recording (it has
+    stamps) whose spec is gone cannot be checked, which is a problem, not a pass."""
     robot = store.robot
-    if "spec" not in robot or not any(k.startswith("stamp/") for k in store.keys):
+    if not any(k.startswith("stamp/") for k in store.keys):
+        return
+    if "spec" not in robot:
+        problem("cannot check continuity: the dataset has data/stamp/* keys but its robot attribute "
+                "holds no recording spec")
         return
     try:
         spec = spec_from_dict(robot["spec"], origin="the dataset's recording spec")

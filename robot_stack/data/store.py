@@ -25,15 +25,18 @@ the next episode. Stats are written after episode_ends and carry the step count 
 stale count is caught up from the data on open. Durability against power loss (fsync) is not
 provided: zarr does not fsync, so this protects against process crashes and kills. An OSError
 while writing (disk full, read-only file system) is a one-line DatasetError; it leaves at most an
-uncommitted tail. (LocalStore writes atomically since zarr 3.1.3; see robot_stack/compat.py.)
+uncommitted tail. One in the stats write after the commit point is not an error: the episode is
+committed (and reported so), its stats stale until caught up. (LocalStore writes atomically since zarr 3.1.3; see robot_stack/compat.py.)
 
 Damage. Every chunk ends with its crc32c (zarr's crc32c codec; datasets written before it
 have none and still read), and a chunk that does not decode is a DatasetError naming it. Opening
 checks, from metadata and the chunk listing only, the invariants every reader relies on:
 episode_ends a strictly increasing prefix followed by at most one unwritten -1, every data array
 as long as the committed steps with the schema's shape and dtype, every chunk of committed rows
-present and non-empty, the stats attribute well-formed and not ahead of episode_ends. A broken
-one is refused in one line (`problems` lists them; `data check` reports them all). Only crash
+present and non-empty, the groups' own zarr.json present, the attributes (and the robot
+description's fields readers use) of their types, the stats attribute well-formed and not ahead
+of episode_ends; opening to append also decodes the chunk holding each array's last committed
+rows, which the next commit rewrites. A broken one is refused in one line (`problems` lists them; `data check` reports them all). Only crash
 leftovers and the stats are repairable; anything else is reported and never "repaired".
 
 One writer at a time: mode "a" and create take an exclusive flock on the dataset directory (no
@@ -281,7 +284,7 @@ class EpisodeStore:
             root = zarr.open_group(self.path if _is_url(self.path) else str(self.path), mode=zarr_mode,
                                    use_consolidated=False)
             attrs = root.attrs.asdict()
-        except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
+        except (KeyError, ValueError, TypeError, OSError) as exc:  # TypeError: JSON of the wrong shape
             raise DatasetError(f"{self.path} is not a readable dataset: {exc!r}") from None
         if attrs.get("format") != FORMAT:
             raise DatasetError(f"{self.path} is a zarr group but not a robot_stack dataset")
@@ -290,11 +293,21 @@ class EpisodeStore:
         self.keys: dict[str, KeySpec] = _stored_schema(self.path, attrs.get("schema"))
         names = ["meta/episode_ends", *(f"meta/episode_{m}" for m in META_DTYPES),
                  *(f"data/{k}" for k in self.keys)]
+        # zarr opens an array below a group whose zarr.json is gone, but cannot list that group:
+        # the hierarchy is no longer one plain zarr can read, so it is damage like a lost array.
+        groups = sorted({name.rsplit("/", depth)[0] for name in names for depth in range(1, name.count("/") + 1)})
+        for group in groups:
+            try:
+                node = root[group]
+            except (KeyError, ValueError, TypeError, OSError):
+                raise DatasetError(f"{self.path}: group {group} is missing or unreadable (its zarr.json)") from None
+            if not isinstance(node, zarr.Group):
+                raise DatasetError(f"{self.path}: {group} is an array, expected a group")
         arrays = {}
         for name in names:
             try:
                 arrays[name] = root[name]
-            except (KeyError, ValueError, OSError) as exc:
+            except (KeyError, ValueError, TypeError, OSError) as exc:
                 raise DatasetError(f"{self.path}: array {name} is missing or unreadable ({exc!r})") from None
             if not isinstance(arrays[name], zarr.Array):
                 raise DatasetError(f"{self.path}: {name} is a group, expected an array")
@@ -314,10 +327,22 @@ class EpisodeStore:
         # their checksums are known to be good, and loads the stats then, through stats()).
         self._stats: dict[str, RunningStats] | None = None
         if self._raise_problems:
+            if self.mode == "a":
+                self._decode_last_chunks()
             self._stats = self._load_stats()
             if self.mode == "a" and self._stats_steps != self.n_steps:
                 with _writing(self.path):
                     self._write_stats()
+
+    def _decode_last_chunks(self) -> None:
+        """Decode the chunk holding the last committed rows of every data and meta array: the
+        next commit rewrites it with those rows, so a damaged one must stop an append before
+        anything (stats, planned episodes, new rows) is written."""
+        arrays = [(arr, self.n_steps) for arr in self._data.values()]
+        arrays += [(arr, self.n_episodes) for arr in self._meta.values()]
+        for arr, rows in arrays:
+            if rows:
+                read_rows(arr, (rows - 1) - (rows - 1) % arr.chunks[0], rows, self.path)
 
     def close(self) -> None:
         """Release the writer lock. An open streaming episode stays uncommitted."""
@@ -362,7 +387,8 @@ class EpisodeStore:
     @property
     def incomplete(self) -> bool:
         """Whether fewer episodes are committed than the writer planned (it stopped early)."""
-        return self.planned_episodes is not None and self.n_episodes < self.planned_episodes
+        planned = self.planned_episodes  # a malformed one is a problem of its own (see problems)
+        return _integer(planned) and self.n_episodes < planned
 
     def plan_episodes(self, more: int) -> None:
         """Record that the writer means to add `more` episodes to the committed ones."""
@@ -515,7 +541,15 @@ class EpisodeStore:
     def _commit(self, writer: EpisodeWriter, success: int) -> int:
         """Second half of EpisodeWriter.commit: data are on disk, publish the episode."""
         with _writing(self.path):
-            return self._publish(writer, success)
+            index = self._publish(writer, success)
+        try:
+            self._write_stats()
+        except OSError:
+            # The episode is committed (its episode_ends entry is on disk), so the commit must not
+            # be reported as failed. The stats are derived: they stay stale on disk, are caught
+            # up from the data on the next open, and written in full by the next commit.
+            pass
+        return index
 
     def _publish(self, writer: EpisodeWriter, success: int) -> int:
         index, new_steps = self.n_episodes, self.n_steps + writer.n_steps
@@ -531,7 +565,6 @@ class EpisodeStore:
         self.episode_ends = np.append(self.episode_ends, np.int64(new_steps))
         for key, episode_stats in writer.stats.items():
             self._stats[key].merge(episode_stats)
-        self._write_stats()
         return index
 
 
@@ -626,6 +659,40 @@ def _stored_schema(path, schema) -> dict[str, KeySpec]:
         raise DatasetError(f"{path}: the stored schema is invalid: {exc}") from None
 
 
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value) -> bool:
+    return isinstance(value, list) and all(_number(v) for v in value)
+
+
+# Dataset attributes readers use beside the schema and stats: name -> (valid, what it must be).
+ATTRIBUTE_TYPES = {
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "robot": (lambda v: isinstance(v, dict), "a dict"),
+    "generator": (lambda v: v is None or isinstance(v, dict), "a dict or null"),
+    "planned_episodes": (lambda v: v is None or (_integer(v) and v >= 0), "a non-negative integer or absent"),
+}
+# Fields of the robot description that export, deploy and generate read (each where present:
+# a recording's description holds only what its spec says).
+ROBOT_FIELD_TYPES = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "control_rate_hz": (lambda v: _number(v) and v > 0, "a positive number"),
+    "action_low": (_numbers, "a list of numbers"),
+    "action_high": (_numbers, "a list of numbers"),
+    "joint_names": (lambda v: isinstance(v, list) and all(isinstance(j, str) for j in v), "a list of strings"),
+    "command_interface": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "observation_layout": (lambda v: isinstance(v, list) and all(
+        isinstance(part, dict) and isinstance(part.get("name"), str) and _integer(part.get("size"))
+        and part["size"] > 0 for part in v), "a list of {name, size > 0}"),
+}
+
+
 def _structure_problems(store: EpisodeStore) -> list[Problem]:
     """The invariants readers rely on, from metadata and the chunk listing (no data read).
 
@@ -633,12 +700,13 @@ def _structure_problems(store: EpisodeStore) -> list[Problem]:
     problems: list[Problem] = []
     raw, n_eps, n_steps = store._raw_ends, store.n_episodes, store.n_steps
     attrs = store._attrs
-    for name, types, expected in (("task", str, "a string"), ("robot", dict, "a dict"),
-                                  ("generator", (dict, type(None)), "a dict or null"),
-                                  ("planned_episodes", (int, type(None)), "an integer or absent")):
-        value = attrs.get(name)
-        if not isinstance(value, types) or isinstance(value, bool):
-            problems.append(Problem(f"the {name} attribute is {value!r:.40}, expected {expected}"))
+    for name, (valid, expected) in ATTRIBUTE_TYPES.items():
+        if not valid(attrs.get(name)):
+            problems.append(Problem(f"the {name} attribute is {attrs.get(name)!r:.40}, expected {expected}"))
+    robot = attrs.get("robot") if isinstance(attrs.get("robot"), dict) else {}
+    for name, (valid, expected) in ROBOT_FIELD_TYPES.items():
+        if name in robot and not valid(robot[name]):
+            problems.append(Problem(f"the robot attribute's {name} is {robot[name]!r:.40}, expected {expected}"))
 
     ends_array = store._ends_array
     if ends_array.ndim != 1 or ends_array.dtype != np.int64:

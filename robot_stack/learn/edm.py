@@ -22,6 +22,7 @@ from torch import nn
 from robot_stack.action_space import ActionSpace
 from robot_stack.data import EpisodeStore
 from robot_stack.errors import ConfigError
+from robot_stack.learn.files import load_torch_file
 from robot_stack.learn.rewards import RewardFn
 from robot_stack.learn.trajectories import (
     ChannelNormalizer,
@@ -245,7 +246,8 @@ class DiffusionGenerator:
                   ChannelNormalizer.from_dict(meta["normalizer"]),
                   ActionSpace(meta["action_space"]["action_low"], meta["action_space"]["action_high"]),
                   meta.get("source"))
-        gen.denoiser.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        gen.denoiser.load_state_dict(load_torch_file(weights_path, "the generator's weights file",
+                                                     map_location="cpu", weights_only=True))
         return gen
 
 

@@ -27,6 +27,7 @@ import torch
 
 from robot_stack.action_space import ActionSpace
 from robot_stack.errors import ConfigError, DatasetError
+from robot_stack.learn.files import load_torch_file
 from robot_stack.learn.rewards import first_line
 
 ALGOS = ("td3bc", "iql")
@@ -128,8 +129,7 @@ def check_dataset_fingerprint(trained_on: dict, store, path: str) -> None:
 
 def check_trained_on(run_dir: str | Path, store, path: str) -> None:
     """check_dataset_fingerprint against the run's checkpoint."""
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
-    check_dataset_fingerprint(state["dataset"], store, path)
+    check_dataset_fingerprint(load_checkpoint(run_dir)["dataset"], store, path)
 
 
 # Set by the trainer from its own options (--batch-size, --steps), not by --agent-param.
@@ -362,7 +362,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
 
     store = EpisodeStore.open(cfg.dataset, mode="r")
     if resume:  # before anything is built from the data: it must be the data of the run
-        state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
+        state = load_checkpoint(run_dir, cfg.device)
         check_dataset_fingerprint(state["dataset"], store, cfg.dataset)
     eval_task = cfg.eval_task or (store.task if is_sim_task(store.task) else None)
     if cfg.eval_task and not is_sim_task(cfg.eval_task):
@@ -461,7 +461,16 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a training run (no config.json)")
-    return TrainConfig(**json.loads(path.read_text()))
+    try:
+        return TrainConfig(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:  # TypeError: not an object of TrainConfig's fields
+        raise ConfigError(f"{path} is not a run configuration ({exc})") from None
+
+
+def load_checkpoint(run_dir: str | Path, device: str = "cpu") -> dict:
+    """The state a run saved in checkpoint.pt (one ConfigError when it does not load)."""
+    return load_torch_file(Path(run_dir) / "checkpoint.pt", "the run's checkpoint", map_location=device,
+                           weights_only=False)
 
 
 def load_policy(run_dir: str | Path, action_space: ActionSpace | None = None):
@@ -471,10 +480,9 @@ def load_policy(run_dir: str | Path, action_space: ActionSpace | None = None):
     actor's [-1, 1] means the bounds of the robot it was trained on, so a run trained with
     other bounds is refused."""
     cfg = load_run_config(run_dir)
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.is_file():
+    if not (Path(run_dir) / "checkpoint.pt").is_file():
         raise ConfigError(f"{run_dir} has no checkpoint.pt yet")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(run_dir)
     dims = state["dims"]
     trained = _trained_action_space(state, cfg)
     if action_space is not None and trained is not None and trained.to_dict() != action_space.to_dict():

@@ -27,6 +27,7 @@ from torch import nn
 from robot_stack.action_space import ActionSpace
 from robot_stack.data import EpisodeStore
 from robot_stack.errors import ConfigError, DatasetError
+from robot_stack.learn.files import load_torch_file
 from robot_stack.learn.nets import VectorizedLinear
 from robot_stack.learn.replay import TransitionBuffer
 from robot_stack.learn.rewards import RewardFn
@@ -195,7 +196,8 @@ class WorldModel:
                     meta["stats"],
                     ActionSpace(meta["action_space"]["action_low"], meta["action_space"]["action_high"]),
                     meta.get("source"))
-        model.net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        model.net.load_state_dict(load_torch_file(weights_path, "the generator's weights file",
+                                                  map_location="cpu", weights_only=True))
         model.elites = list(meta["elites"])
         return model
 
