@@ -26,6 +26,8 @@ from robot_stack.data import EpisodeStore, KeySpec, check, standard_keys
 from robot_stack.errors import DatasetError
 from sim.collect import collect_dataset
 
+from faults import tmpfs
+
 CLI = [sys.executable, "-m", "robot_stack.cli"]
 TASK, EPISODES, STEPS = "cheetah-run", 3, 40
 
@@ -259,19 +261,6 @@ def test_repair_rebuilds_a_malformed_stats_attribute_from_the_data(dataset, coll
 
 
 # ---- read-only and full file systems --------------------------------------------------------
-@contextlib.contextmanager
-def tmpfs(directory: Path, size: str):
-    directory.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {mount.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
-
-
 def test_read_only_dataset_is_read_and_refuses_writes_in_one_line(collected, trained_run, tmp_path):
     with tmpfs(tmp_path / "ro", "16m") as mount:
         path = mount / "ds.zarr"

@@ -19,6 +19,7 @@ from robot_stack.data.continuity import episode_gaps
 from robot_stack.errors import ConfigError
 from robot_stack.recording import Recorder, StoreWriterThread, open_store, step_keys
 from robot_stack.spec import MalformedMessage, spec_from_dict
+from faults import tmpfs
 from test_recorder_logic import EXACT, SPEC, ExactFeed, applied, feed_all, joint_state, stamp_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,16 +54,8 @@ def record_timer_episode(rec, t0, steps, start=True):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MB tmpfs (a real ENOSPC when full); skipped where mounting is not permitted."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill up: {result.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def fill(disk):
